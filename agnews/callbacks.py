@@ -1,0 +1,42 @@
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class FitSummary(Callback):
+    """At the end of `fit`, print the best validation figures, where the best checkpoint is, and time per epoch."""
+
+    def __init__(self):
+        self.epoch_seconds: list[float] = []
+        self.val_history: list[dict[str, float]] = []
+        self._epoch_start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        entry = {k: float(metrics[k]) for k in ("val_loss", "val_acc") if k in metrics}
+        self.val_history.append({"epoch": trainer.current_epoch, **entry})
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lines = ["", "== fit summary =="]
+        scored = [v for v in self.val_history if "val_loss" in v]
+        if scored:
+            best = min(scored, key=lambda v: v["val_loss"])
+            lines.append(f"best val_loss {best['val_loss']:.4f}, val_acc {best.get('val_acc', float('nan')):.4f} (epoch {best['epoch']})")
+        checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpoint is not None and checkpoint.best_model_path:
+            lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+        if self.epoch_seconds:
+            mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
+            lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")
+        print("\n".join(lines), flush=True)

@@ -1,0 +1,338 @@
+"""AG News as a LightningDataModule: load (hub or local), tokenize once in bulk, cache tensors, split, pad per batch."""
+
+import csv
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from agnews import backbone
+from agnews.errors import AGNewsError
+
+AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
+DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", ".arrow")
+# Bump when the layout of the cached tensors changes, so old files are never read as new ones.
+CACHE_FORMAT = 1
+
+
+def _is_classic_csv(folder: Path) -> bool:
+    """The original AG News release: headerless `class,title,description` rows with classes 1-4."""
+    files = sorted(folder.glob("*.csv"))
+    if not files or any(folder.glob("*.parquet")) or any(folder.glob("*.jsonl")):
+        return False
+    with open(files[0], newline="", encoding="utf-8", errors="replace") as f:
+        first = next(csv.reader(f), [])
+    return len(first) == 3 and first[0].strip().isdigit()
+
+
+def load_raw(dataset: str):
+    """Return a `datasets.DatasetDict` with `text` and `label` columns, and the class names."""
+    import datasets
+
+    path = Path(dataset).expanduser()
+    try:
+        if path.is_dir():
+            if not any(p.suffix in DATA_SUFFIXES for p in path.rglob("*")):
+                raise AGNewsError(
+                    f"dataset folder {dataset!r} holds no parquet/CSV/JSONL files; "
+                    f"point --data.dataset at a folder with train/test files"
+                )
+            if _is_classic_csv(path):
+                files = {p.stem: str(p) for p in sorted(path.glob("*.csv"))}
+                raw = datasets.load_dataset(
+                    "csv", data_files=files, column_names=["class", "title", "description"], keep_in_memory=True
+                )
+                raw = raw.map(
+                    lambda b: {
+                        "text": [f"{t} {d}" for t, d in zip(b["title"], b["description"])],
+                        "label": [int(c) - 1 for c in b["class"]],
+                    },
+                    batched=True,
+                    remove_columns=["class", "title", "description"],
+                )
+                return raw, list(AG_NEWS_CLASSES)
+            raw = datasets.load_dataset(str(path))
+        elif path.exists() or dataset.startswith((".", "/", "~")):
+            raise AGNewsError(f"dataset folder {dataset!r} does not exist; check --data.dataset")
+        else:
+            raw = datasets.load_dataset(dataset)
+    except AGNewsError:
+        raise
+    except ConnectionError:
+        raise AGNewsError(
+            f"cannot download dataset {dataset!r}: the Hugging Face hub is unreachable and no copy is cached; "
+            f"pass a local folder (e.g. --data.dataset ../shared/data/ag_news or configs/offline.yaml)"
+        ) from None
+    except (FileNotFoundError, ValueError) as err:
+        raise AGNewsError(f"cannot load dataset {dataset!r}: {str(err).splitlines()[0]}") from None
+    except Exception as err:
+        if type(err).__name__ == "DatasetNotFoundError":
+            raise AGNewsError(f"dataset {dataset!r} not found on the Hugging Face hub; check the id or pass a local folder") from None
+        raise
+    return raw, _class_names(raw)
+
+
+def _class_names(raw) -> list[str]:
+    for split in raw.values():
+        feature = split.features.get("label")
+        if getattr(feature, "names", None):
+            return list(feature.names)
+    return list(AG_NEWS_CLASSES)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash of every data file's bytes: any edit, addition or removal changes it."""
+    digest = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix in DATA_SUFFIXES and not any(part.startswith(".") for part in p.parts[-2:]):
+            digest.update(str(p.relative_to(folder)).encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def stratified_take(labels: np.ndarray, size: int | float, generator: torch.Generator, what: str):
+    """Split row positions into (taken, rest), taking `size` rows (a count, or a fraction if a float < 1)
+    with every class in proportion."""
+    n = len(labels)
+    count = int(round(size * n)) if isinstance(size, float) and size < 1 else int(size)
+    if not 0 < count < n:
+        raise AGNewsError(f"{what}={size!r} must leave rows on both sides of the split of {n} rows (a count 1..{n - 1} or a fraction in (0, 1))")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * count / n
+    quota = np.floor(exact).astype(int)
+    # hand the rows lost to rounding to the classes with the largest remainders
+    for i in np.argsort(-(exact - quota), kind="stable")[: count - quota.sum()]:
+        quota[i] += 1
+    taken, rest = [], []
+    for cls, q in zip(classes, quota):
+        rows = np.flatnonzero(labels == cls)
+        rows = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        taken.append(rows[:q])
+        rest.append(rows[q:])
+    return np.sort(np.concatenate(taken)), np.sort(np.concatenate(rest))
+
+
+class TokenizedDataset(Dataset):
+    """Rows of a cached split: token ids stored flat, sliced per row (no padding stored)."""
+
+    def __init__(self, split: dict, rows: np.ndarray | None = None):
+        self.input_ids = split["input_ids"]
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), split["lengths"].long().cumsum(0)])
+        self.labels = split["labels"]
+        self.rows = torch.arange(len(self.labels)) if rows is None else torch.as_tensor(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        return self.input_ids[self.offsets[row] : self.offsets[row + 1]], self.labels[row]
+
+
+class PadCollator:
+    """Pad each batch to its own longest row, as `DataCollatorWithPadding` does, without a Python tokenizer call."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch):
+        ids, labels = zip(*batch)
+        input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
+        lengths = torch.tensor([len(x) for x in ids])
+        attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.stack(labels)}
+
+
+class AGNewsDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "fancyzhx/ag_news",
+        tokenizer: str = "distilbert-base-uncased",
+        max_length: int = 128,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        val_size: int | float = 0.1,
+        train_size: int | float | None = None,
+        test_size: int | float | None = None,
+        seed: int = 42,
+        cache_dir: str = "~/.cache/agnews",
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            dataset: hub id, or a local folder of parquet/CSV/JSONL files with `text` and `label` columns
+                (or the original headerless `class,title,description` CSVs).
+            tokenizer: tokenizer name; the CLI links it to `model.backbone`.
+            val_size: validation rows carved out of train, stratified (a count, or a fraction if < 1).
+            train_size: keep only this many training rows (stratified), to fit a CPU budget.
+            test_size: evaluate on a stratified subset of the test split (quick checks only).
+            cache_dir: where tokenized splits are cached as `.pt` files.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if max_length < 2:
+            raise AGNewsError(f"max_length={max_length} is too short; use at least 2 (e.g. 128)")
+        self.class_names: list[str] | None = None
+        self.pad_token_id: int | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # ---- preparation: runs once per machine, writes files only ----
+
+    def _splits_for_stage(self) -> list[str]:
+        stage = getattr(self.trainer.state.fn, "value", None) if self.trainer is not None else None
+        return {"fit": ["train"], "validate": ["train"], "test": ["test"], "predict": ["test"]}.get(stage, ["train", "test"])
+
+    def _cache_path(self, split: str, data_fingerprint: str, tokenizer_fingerprint: str) -> Path:
+        key = json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "data": data_fingerprint,
+                "split": split,
+                "tokenizer": tokenizer_fingerprint,
+                "max_length": self.hparams.max_length,
+            },
+            sort_keys=True,
+        )
+        return Path(self.hparams.cache_dir).expanduser() / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        limit = backbone.max_positions(hp.tokenizer)
+        if hp.max_length > limit:
+            raise AGNewsError(f"max_length={hp.max_length} exceeds what {hp.tokenizer!r} accepts ({limit}); set --data.max_length {limit} or less")
+        tokenizer = backbone.load_tokenizer(hp.tokenizer)
+        tok_fp = backbone.tokenizer_fingerprint(tokenizer)
+        local = Path(hp.dataset).expanduser()
+        raw = None
+        data_fp = _folder_fingerprint(local) if local.is_dir() else None
+        for split in self._splits_for_stage():
+            if data_fp is not None:
+                path = self._cache_path(split, data_fp, tok_fp)
+                if path.is_file():
+                    rank_zero_info(f"agnews: cache hit for {split}: {path}")
+                    continue
+            if raw is None:
+                raw, class_names = load_raw(hp.dataset)
+            if split not in raw:
+                raise AGNewsError(f"dataset {hp.dataset!r} has no {split!r} split (found: {', '.join(raw) or 'none'}); name the files {split}.parquet/.csv/.jsonl")
+            path = self._cache_path(split, data_fp or raw[split]._fingerprint, tok_fp)
+            if path.is_file():
+                rank_zero_info(f"agnews: cache hit for {split}: {path}")
+                continue
+            self._tokenize_and_save(raw[split], split, class_names, tokenizer, path)
+
+    def _tokenize_and_save(self, ds, split: str, class_names: list[str], tokenizer, path: Path) -> None:
+        hp = self.hparams
+        missing = {"text", "label"} - set(ds.column_names)
+        if missing:
+            raise AGNewsError(f"the {split} split of {hp.dataset!r} has no {' or '.join(sorted(missing))} column (columns: {', '.join(ds.column_names)}); rename the columns to text and label")
+        labels = np.asarray(ds["label"])
+        if len(labels) == 0:
+            raise AGNewsError(f"the {split} split of {hp.dataset!r} is empty")
+        if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(class_names):
+            bad = labels[0] if labels.dtype.kind not in "iu" else (labels.min() if labels.min() < 0 else labels.max())
+            raise AGNewsError(f"the {split} split of {hp.dataset!r} has label {bad!r}; labels must be integers 0..{len(class_names) - 1} ({', '.join(class_names)})")
+        if any(t is None for t in ds["text"]):
+            raise AGNewsError(f"the {split} split of {hp.dataset!r} has empty (null) texts; drop or fill those rows")
+
+        start = time.perf_counter()
+        tokenized = ds.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=hp.max_length),
+            batched=True,
+            batch_size=2000,
+            remove_columns=ds.column_names,
+            keep_in_memory=True,
+            desc=f"Tokenizing {split}",
+        )
+        column = tokenized.data.column("input_ids").combine_chunks()
+        tensors = {
+            "input_ids": torch.from_numpy(column.flatten().to_numpy().astype(np.int32)),
+            "lengths": torch.from_numpy(pc.list_value_length(column).to_numpy().astype(np.int32)),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+            "class_names": list(class_names),
+            "pad_token_id": int(tokenizer.pad_token_id or 0),
+        }
+        seconds = time.perf_counter() - start
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(tensors, tmp)
+            os.replace(tmp, path)  # atomic: readers see the old state or the whole file, never half of it
+        finally:
+            tmp.unlink(missing_ok=True)
+        rank_zero_info(f"agnews: cache miss for {split}: tokenized {len(labels):,} rows in {seconds:.2f} s -> {path}")
+
+    # ---- setup: runs in every process, assigns state ----
+
+    def _load_split(self, split: str) -> dict:
+        hp = self.hparams
+        tokenizer = backbone.load_tokenizer(hp.tokenizer)
+        local = Path(hp.dataset).expanduser()
+        if local.is_dir():
+            data_fp = _folder_fingerprint(local)
+        else:
+            raw, _ = load_raw(hp.dataset)
+            if split not in raw:
+                raise AGNewsError(f"dataset {hp.dataset!r} has no {split!r} split")
+            data_fp = raw[split]._fingerprint
+        path = self._cache_path(split, data_fp, backbone.tokenizer_fingerprint(tokenizer))
+        if not path.is_file():
+            raise AGNewsError(f"no tokenized cache for the {split} split at {path}; call prepare_data() first")
+        tensors = torch.load(path, weights_only=True)
+        self.class_names = tensors["class_names"]
+        self.pad_token_id = tensors["pad_token_id"]
+        return tensors
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", "validate", None) and self.train_set is None:
+            train = self._load_split("train")
+            labels = train["labels"].numpy()
+            generator = torch.Generator().manual_seed(hp.seed)
+            val_rows, train_rows = stratified_take(labels, hp.val_size, generator, "val_size")
+            if hp.train_size is not None:
+                train_rows = train_rows[stratified_take(labels[train_rows], hp.train_size, generator, "train_size")[0]]
+            self.train_set = TokenizedDataset(train, train_rows)
+            self.val_set = TokenizedDataset(train, val_rows)
+            rank_zero_info(f"agnews: {len(self.train_set):,} training rows, {len(self.val_set):,} validation rows")
+        if stage in ("test", "predict", None) and self.test_set is None:
+            test = self._load_split("test")
+            rows = None
+            if hp.test_size is not None:
+                generator = torch.Generator().manual_seed(hp.seed)
+                rows = stratified_take(test["labels"].numpy(), hp.test_size, generator, "test_size")[0]
+            self.test_set = TokenizedDataset(test, rows)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=PadCollator(self.pad_token_id),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)

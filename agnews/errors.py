@@ -1,0 +1,2 @@
+class AGNewsError(Exception):
+    """A user mistake or an unusable input: the CLI prints its message as one line, without a traceback."""

@@ -1,0 +1,132 @@
+"""The classifier: a Hugging Face encoder with a sequence-classification head, trained with AdamW."""
+
+import json
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from agnews import backbone as backbones
+from agnews.errors import AGNewsError
+
+# Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
+_TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _TORCH_NORMS) or "norm" in type(module).__name__.lower()
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weights only: biases and every normalization weight are excluded, whatever they are named."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            (no_decay if name == "bias" or _is_norm(module) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class AGNewsClassifier(L.LightningModule):
+    def __init__(
+        self,
+        backbone: str = "distilbert-base-uncased",
+        num_classes: int = 4,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        class_names: list[str] | None = None,
+        backbone_config: dict[str, Any] | None = None,
+    ):
+        """
+        Args:
+            backbone: hub id, local folder, or `pkg:<module>/<folder>` of a pretrained encoder.
+            warmup_ratio: fraction of all optimizer steps spent warming the learning rate up from 0.
+            class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
+            backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
+                without downloading or reading the original weights.
+        """
+        super().__init__()
+        if not 0 <= warmup_ratio < 1:
+            raise AGNewsError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
+        self.save_hyperparameters()
+        self.tokenizer = None
+        if backbone_config is None:
+            self.model = backbones.load_classifier(backbone, num_classes)
+            self.tokenizer = backbones.load_tokenizer(backbone)
+            self.hparams.backbone_config = json.loads(self.model.config.to_json_string())
+        else:
+            config = AutoConfig.for_model(**backbone_config)
+            self.model = AutoModelForSequenceClassification.from_config(config)
+        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
+        if self.model.config.num_labels != num_classes:
+            raise AGNewsError(f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}")
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+
+    def setup(self, stage: str) -> None:
+        names = getattr(self.trainer.datamodule, "class_names", None)
+        if names is None:
+            return
+        if len(names) != self.hparams.num_classes:
+            raise AGNewsError(f"the data has {len(names)} classes ({', '.join(names)}) but num_classes={self.hparams.num_classes}; set --model.num_classes {len(names)}")
+        if self.hparams.class_names is None:
+            self.hparams.class_names = list(names)
+            self.model.config.id2label = dict(enumerate(names))
+            self.model.config.label2id = {n: i for i, n in enumerate(names)}
+            self.hparams.backbone_config = json.loads(self.model.config.to_json_string())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = self.loss_fn(logits, batch["labels"])
+        metric(logits, batch["labels"])
+        size = len(batch["labels"])
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
+        return {"probs": probs, "preds": probs.argmax(-1)}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, hp.weight_decay), lr=hp.learning_rate)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Tokenizer and encoder config travel inside the checkpoint (as the text files of a model folder without
+    # weights), so a checkpoint alone can tokenize and predict, with no network and no original backbone.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None:
+            files = backbones.tokenizer_to_files(self.tokenizer)
+            files["config.json"] = self.model.config.to_json_string()
+            checkpoint[backbones.CHECKPOINT_FILES_KEY] = files
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        files = checkpoint.get(backbones.CHECKPOINT_FILES_KEY)
+        if files:
+            self.tokenizer = backbones.tokenizer_from_files(files)

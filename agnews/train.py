@@ -1,0 +1,138 @@
+"""Command line: `python -m agnews.train {fit,validate,test,predict} [--config configs/...yaml] [--print_config]`."""
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
+from agnews.callbacks import FitSummary
+from agnews.data import AGNewsDataModule
+from agnews.errors import AGNewsError
+from agnews.model import AGNewsClassifier
+
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+
+
+def _runs(log_root: Path) -> list[Path]:
+    """Run folders (`version_N`), newest first."""
+    found = [p for p in log_root.glob("version_*") if p.is_dir() and re.fullmatch(r"version_\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]), reverse=True)
+
+
+def _best_in(folder: Path) -> Path | None:
+    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith("last")]
+    last = folder / "last.ckpt"
+    if len(candidates) > 1 and last.is_file():
+        # several kept (save_top_k > 1): ModelCheckpoint's own state says which is best
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+        for key, value in state.items():
+            if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+                best = folder / Path(value["best_model_path"]).name
+                if best.is_file():
+                    return best
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def find_checkpoint(log_root: Path, which: str) -> Path:
+    """`which` is a file, or `best`/`last` of the most recent run under `log_root` that saved checkpoints."""
+    if which not in ("best", "last"):
+        path = Path(which).expanduser()
+        if not path.is_file():
+            raise AGNewsError(f"checkpoint {which!r} does not exist; pass an existing .ckpt file, or 'best'/'last' of the latest run")
+        return path
+    for run in _runs(log_root):
+        folder = run / "checkpoints"
+        path = (folder / "last.ckpt") if which == "last" else _best_in(folder)
+        if path is not None and path.is_file():
+            return path
+    raise AGNewsError(f"no {which} checkpoint under {log_root}/; run `python -m agnews.train fit` first or pass --ckpt_path FILE")
+
+
+class AGNewsCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "{epoch}-{step}-{val_loss:.4f}-{val_acc:.4f}",
+            }
+        )
+        # one name for both, so the tokenizer can never disagree with the encoder
+        parser.link_arguments("model.backbone", "data.tokenizer")
+
+    def _log_root(self, config) -> Path:
+        return Path(config.trainer.get("default_root_dir") or ".") / "lightning_logs"
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub is None:
+            return
+        config = self.config[sub]
+        if sub in EVAL_SUBCOMMANDS or config.get("ckpt_path"):
+            # resolved before instantiation, so LightningCLI rebuilds the model from the checkpoint's own
+            # hyperparameters (backbone config included) instead of downloading the backbone named on the CLI
+            config.ckpt_path = str(find_checkpoint(self._log_root(config), config.get("ckpt_path") or "best"))
+            print(f"agnews: {sub} uses checkpoint {config.ckpt_path}", file=sys.stderr, flush=True)
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub not in EVAL_SUBCOMMANDS:
+            return
+        config = self.config[sub]
+        checkpoint = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        # data settings the user left at their defaults come from the run that wrote the checkpoint
+        saved = checkpoint.get("datamodule_hyper_parameters", {})
+        defaults = self._parser(sub).get_defaults().data
+        for key, value in saved.items():
+            if key in defaults and key != "tokenizer" and config.data[key] == defaults[key]:
+                config.data[key] = value
+        files = checkpoint.get(CHECKPOINT_FILES_KEY)
+        if not files:
+            raise AGNewsError(f"checkpoint {config.ckpt_path} carries no tokenizer; it was not written by agnews")
+        config.data.tokenizer = files_to_folder(files, config.data.cache_dir)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # a run that fails on bad input leaves no half-made run folder behind
+        log_root = self._log_root(self.config[subcommand])
+        before = set(_runs(log_root))
+        try:
+            super()._run_subcommand(subcommand)
+        except AGNewsError:
+            for run in set(_runs(log_root)) - before:
+                if not any(run.glob("checkpoints/*.ckpt")):
+                    shutil.rmtree(run, ignore_errors=True)
+            raise
+
+
+def cli_main(args=None) -> None:
+    try:
+        AGNewsCLI(
+            AGNewsClassifier,
+            AGNewsDataModule,
+            seed_everything_default=42,
+            trainer_defaults={
+                "accelerator": "cpu",
+                "devices": 1,
+                "max_epochs": 5,
+                "log_every_n_steps": 50,
+                "callbacks": [LearningRateMonitor(logging_interval="step"), FitSummary()],
+            },
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except AGNewsError as err:
+        print(f"agnews: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli_main()
