@@ -240,9 +240,10 @@ class AGNewsDataModule(L.LightningDataModule):
         labels = np.asarray(ds["label"])
         if len(labels) == 0:
             raise AGNewsError(f"the {split} split of {hp.dataset!r} is empty")
-        if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(class_names):
-            bad = labels[0] if labels.dtype.kind not in "iu" else (labels.min() if labels.min() < 0 else labels.max())
-            raise AGNewsError(f"the {split} split of {hp.dataset!r} has label {bad!r}; labels must be integers 0..{len(class_names) - 1} ({', '.join(class_names)})")
+        n = len(class_names)
+        bad = next((v for v in labels.tolist() if type(v) is not int or not 0 <= v < n), None)
+        if bad is not None:
+            raise AGNewsError(f"the {split} split of {hp.dataset!r} has label {bad!r}; labels must be integers 0..{n - 1} ({', '.join(class_names)})")
         if any(t is None for t in ds["text"]):
             raise AGNewsError(f"the {split} split of {hp.dataset!r} has empty (null) texts; drop or fill those rows")
 

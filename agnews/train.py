@@ -113,9 +113,9 @@ class AGNewsCLI(LightningCLI):
             raise
 
 
-def cli_main(args=None) -> None:
+def cli_main(args=None) -> AGNewsCLI:
     try:
-        AGNewsCLI(
+        return AGNewsCLI(
             AGNewsClassifier,
             AGNewsDataModule,
             seed_everything_default=42,

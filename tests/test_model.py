@@ -1,0 +1,102 @@
+import shutil
+
+import lightning as L
+import pytest
+import torch
+
+from agnews.data import AGNewsDataModule
+from agnews.errors import AGNewsError
+from agnews.model import AGNewsClassifier, weight_decay_groups
+
+
+def test_weight_decay_excludes_biases_and_every_norm_by_kind(tiny_distilbert):
+    model = AGNewsClassifier(backbone=str(tiny_distilbert))
+    decay, no_decay = weight_decay_groups(model.model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    excluded = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | excluded == set(names.values()) and not decayed & excluded
+    # DistilBERT's norms are not called LayerNorm: a name rule would decay them
+    assert "distilbert.transformer.layer.0.sa_layer_norm.weight" in excluded
+    assert "distilbert.transformer.layer.0.output_layer_norm.weight" in excluded
+    assert "distilbert.embeddings.LayerNorm.weight" in excluded
+    assert "distilbert.transformer.layer.0.attention.q_lin.bias" in excluded
+    assert "distilbert.transformer.layer.0.attention.q_lin.weight" in decayed
+    assert "classifier.weight" in decayed
+    assert all(not n.endswith("bias") for n in decayed)
+
+
+def test_bert_layernorm_excluded(tiny_bert):
+    model = AGNewsClassifier(backbone=str(tiny_bert))
+    _, no_decay = weight_decay_groups(model.model, 0.01)
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    assert "bert.encoder.layer.1.output.LayerNorm.weight" in {names[id(p)] for p in no_decay["params"]}
+
+
+def test_model_trains_with_dropout_on(tiny_bert):
+    model = AGNewsClassifier(backbone=str(tiny_bert))
+    assert model.model.training  # from_pretrained alone would leave dropout off
+
+
+def fit_tiny(backbone, data_dir, root, **trainer_kwargs):
+    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(backbone), max_length=32, val_size=32,
+                          batch_size=16, cache_dir=str(root / "cache"))
+    model = AGNewsClassifier(backbone=str(backbone), learning_rate=1e-3, warmup_ratio=0.25)
+    trainer = L.Trainer(accelerator="cpu", default_root_dir=root, enable_progress_bar=False,
+                        enable_model_summary=False, **trainer_kwargs)
+    trainer.fit(model, datamodule=dm)
+    return trainer, model, dm
+
+
+def test_linear_warmup_then_decay_per_step(tiny_bert, data_dir, tmp_path):
+    trainer, model, _ = fit_tiny(tiny_bert, data_dir, tmp_path, max_epochs=2, logger=False, enable_checkpointing=False)
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"
+    total = trainer.estimated_stepping_batches  # 128 rows / 16 x 2 epochs
+    assert total == 16 and trainer.global_step == 16
+    lrs = [scheduler.scheduler.lr_lambdas[0](step) * 1e-3 for step in range(total + 1)]
+    assert lrs[0] == 0 and lrs[4] == pytest.approx(1e-3) and lrs[-1] == 0
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5])) and all(a > b for a, b in zip(lrs[4:-1], lrs[5:]))
+
+
+def test_checkpoint_is_self_contained(tmp_path, data_dir, tiny_bert):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_bert, backbone)
+    trainer, model, dm = fit_tiny(backbone, data_dir, tmp_path, max_epochs=1, logger=False)
+    texts = ["Nasa space chip report", "The team won the match"]
+    model.eval()
+    encoded = model.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(encoded["input_ids"], encoded["attention_mask"])
+    ckpt = trainer.checkpoint_callback.best_model_path
+    shutil.rmtree(backbone)  # no copy of the original encoder or tokenizer is left
+
+    loaded = AGNewsClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    loaded.eval()
+    assert loaded.hparams.class_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert loaded.model.config.id2label[3] == "Sci/Tech"
+    encoded = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = loaded(encoded["input_ids"], encoded["attention_mask"])
+    torch.testing.assert_close(got, expected)
+
+
+def test_unknown_backbone_folder():
+    with pytest.raises(AGNewsError, match="does not exist"):
+        AGNewsClassifier(backbone="./no/such/folder")
+
+
+def test_unreachable_hub_backbone():
+    with pytest.raises(AGNewsError, match="hub is unreachable"):
+        AGNewsClassifier(backbone="distilbert-base-uncased")
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(AGNewsError, match="without config.json"):
+        AGNewsClassifier(backbone=str(tmp_path))
+
+
+def test_missing_package_backbone():
+    with pytest.raises(AGNewsError, match="not installed"):
+        AGNewsClassifier(backbone="pkg:no_such_package_xyz/model")

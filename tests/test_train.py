@@ -1,0 +1,97 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agnews.train import cli_main
+from tests.conftest import ROOT
+
+
+def tiny_args(tiny_bert, data_dir, tmp_path) -> list[str]:
+    return [
+        "--model.backbone", str(tiny_bert), "--model.learning_rate", "1e-3",
+        "--data.dataset", str(data_dir), "--data.max_length", "32", "--data.val_size", "32",
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "2",
+    ]
+
+
+@pytest.fixture
+def fitted(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.max_epochs", "3"])
+    cli.printed = capsys.readouterr().out
+    return cli
+
+
+def test_fit_keeps_best_and_last_only_and_test_picks_best(fitted, tiny_bert, data_dir, tmp_path, capsys):
+    best = Path(fitted.trainer.checkpoint_callback.best_model_path)
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([best.name, "last.ckpt"])
+    assert best.name.startswith("epoch=") and "val_loss=" in best.name and "val_acc=" in best.name
+    assert "== fit summary ==" in fitted.printed and f"best checkpoint: {best}" in fitted.printed
+
+    cli = cli_main(["test", *tiny_args(tiny_bert, data_dir, tmp_path)])
+    assert f"test uses checkpoint {best.relative_to(tmp_path)}" in capsys.readouterr().err
+    metrics = cli.trainer.callback_metrics
+    assert {"test_loss", "test_acc"} <= set(metrics)
+
+    cli = cli_main(["test", *tiny_args(tiny_bert, data_dir, tmp_path), "--ckpt_path", "last"])
+    assert "last.ckpt" in capsys.readouterr().err
+
+
+def test_test_reuses_the_runs_data_settings(fitted, tiny_bert, data_dir, tmp_path, tiny_distilbert):
+    # the bare command: model, tokenizer and data settings come from the checkpoint, not the CLI defaults
+    cli = cli_main(["test", "--data.dataset", str(data_dir), "--data.cache_dir", str(tmp_path / "cache"),
+                    "--trainer.enable_progress_bar", "false"])
+    assert cli.datamodule.hparams.max_length == 32
+    assert cli.model.model.config.hidden_size == 32
+
+
+def test_tensorboard_holds_validation_curves(fitted, tmp_path):
+    events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val_loss", "val_acc", "train_loss_step", "train_loss_epoch", "train_acc"} <= tags
+    assert len(events.Scalars("val_loss")) == 3
+
+
+def test_print_config_parses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(ROOT / "configs" / "default.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "backbone: distilbert-base-uncased" in out and "monitor: val_loss" in out
+
+
+def test_test_without_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["test"])
+    assert exit_info.value.code == 2
+    assert "no best checkpoint" in capsys.readouterr().err
+
+
+def test_bad_input_leaves_no_run_behind(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--data.val_size", "100000"])
+    assert exit_info.value.code == 2
+    assert "val_size=100000" in capsys.readouterr().err
+    assert not list((tmp_path / "lightning_logs").glob("version_*"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["test", "--ckpt_path", "missing.ckpt"], "checkpoint 'missing.ckpt' does not exist"),
+        (["fit", "--model.backbone", "./no/such/model"], "backbone folder './no/such/model' does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "agnews.train", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"agnews: error: {message}")
+    assert not (tmp_path / "lightning_logs").exists()
