@@ -70,9 +70,9 @@ def load_classifier(name: str, num_labels: int):
     return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels)
 
 
-def max_positions(name: str) -> int:
+def max_positions(name: str, tokenizer: PreTrainedTokenizerBase) -> int:
     """The longest input the backbone accepts, from its tokenizer and its position embeddings."""
-    limits = [load_tokenizer(name).model_max_length]
+    limits = [tokenizer.model_max_length]
     config = load_config(name)
     limits.append(getattr(config, "max_position_embeddings", None) or limits[0])
     return int(min(limits))

@@ -206,30 +206,42 @@ class AGNewsDataModule(L.LightningDataModule):
         )
         return Path(self.hparams.cache_dir).expanduser() / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
+    def _locate(self, splits: list[str]):
+        """The cache file of each split, the tokenizer, and the raw data where finding the files needed it."""
+        hp = self.hparams
+        tokenizer = backbone.load_tokenizer(hp.tokenizer)
+        local = Path(hp.dataset).expanduser()
+        loaded = None
+        if local.is_dir():  # hashing the files is much faster than loading them: a warm cache stays near-instant
+            fingerprints = dict.fromkeys(splits, _folder_fingerprint(local))
+        else:
+            loaded = self._load_raw(splits)
+            fingerprints = {split: loaded[0][split]._fingerprint for split in splits}
+        tok_fp = backbone.tokenizer_fingerprint(tokenizer)
+        return {split: self._cache_path(split, fingerprints[split], tok_fp) for split in splits}, tokenizer, loaded
+
+    def _load_raw(self, splits: list[str]):
+        raw, class_names = load_raw(self.hparams.dataset)
+        for split in splits:
+            if split not in raw:
+                raise AGNewsError(
+                    f"dataset {self.hparams.dataset!r} has no {split!r} split (found: {', '.join(raw) or 'none'}); "
+                    f"name the files {split}.parquet/.csv/.jsonl"
+                )
+        return raw, class_names
+
     def prepare_data(self) -> None:
         hp = self.hparams
-        limit = backbone.max_positions(hp.tokenizer)
+        splits = self._splits_for_stage()
+        paths, tokenizer, loaded = self._locate(splits)
+        limit = backbone.max_positions(hp.tokenizer, tokenizer)
         if hp.max_length > limit:
             raise AGNewsError(f"max_length={hp.max_length} exceeds what {hp.tokenizer!r} accepts ({limit}); set --data.max_length {limit} or less")
-        tokenizer = backbone.load_tokenizer(hp.tokenizer)
-        tok_fp = backbone.tokenizer_fingerprint(tokenizer)
-        local = Path(hp.dataset).expanduser()
-        raw = None
-        data_fp = _folder_fingerprint(local) if local.is_dir() else None
-        for split in self._splits_for_stage():
-            if data_fp is not None:
-                path = self._cache_path(split, data_fp, tok_fp)
-                if path.is_file():
-                    rank_zero_info(f"agnews: cache hit for {split}: {path}")
-                    continue
-            if raw is None:
-                raw, class_names = load_raw(hp.dataset)
-            if split not in raw:
-                raise AGNewsError(f"dataset {hp.dataset!r} has no {split!r} split (found: {', '.join(raw) or 'none'}); name the files {split}.parquet/.csv/.jsonl")
-            path = self._cache_path(split, data_fp or raw[split]._fingerprint, tok_fp)
+        for split, path in paths.items():
             if path.is_file():
                 rank_zero_info(f"agnews: cache hit for {split}: {path}")
                 continue
+            raw, class_names = loaded = loaded or self._load_raw(splits)
             self._tokenize_and_save(raw[split], split, class_names, tokenizer, path)
 
     def _tokenize_and_save(self, ds, split: str, class_names: list[str], tokenizer, path: Path) -> None:
@@ -277,17 +289,7 @@ class AGNewsDataModule(L.LightningDataModule):
     # ---- setup: runs in every process, assigns state ----
 
     def _load_split(self, split: str) -> dict:
-        hp = self.hparams
-        tokenizer = backbone.load_tokenizer(hp.tokenizer)
-        local = Path(hp.dataset).expanduser()
-        if local.is_dir():
-            data_fp = _folder_fingerprint(local)
-        else:
-            raw, _ = load_raw(hp.dataset)
-            if split not in raw:
-                raise AGNewsError(f"dataset {hp.dataset!r} has no {split!r} split")
-            data_fp = raw[split]._fingerprint
-        path = self._cache_path(split, data_fp, backbone.tokenizer_fingerprint(tokenizer))
+        path = self._locate([split])[0][split]
         if not path.is_file():
             raise AGNewsError(f"no tokenized cache for the {split} split at {path}; call prepare_data() first")
         tensors = torch.load(path, weights_only=True)

@@ -188,6 +188,7 @@ def test_labels_outside_class_range(bad, tmp_path, tiny_bert):
     folder = tmp_path / "d"
     texts, labels = make_rows(5, seed=0)
     write_split(folder, "train", texts, [bad, *labels[1:]])
+    write_split(folder, "test", texts, labels)
     assert_error(make_dm(folder, tiny_bert, tmp_path), rf"label {bad}.*0\.\.3", tmp_path)
 
 
