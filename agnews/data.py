@@ -13,10 +13,11 @@ import pyarrow.compute as pc
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from agnews import backbone
 from agnews.errors import AGNewsError
+from agnews.sampling import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler
 
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", ".arrow")
@@ -131,13 +132,14 @@ class TokenizedDataset(Dataset):
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), split["lengths"].long().cumsum(0)])
         self.labels = split["labels"]
         self.rows = torch.arange(len(self.labels)) if rows is None else torch.as_tensor(rows)
+        self.lengths = split["lengths"][self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
         row = self.rows[i]
-        return self.input_ids[self.offsets[row] : self.offsets[row + 1]], self.labels[row]
+        return self.input_ids[self.offsets[row] : self.offsets[row + 1]], self.labels[row], i
 
 
 class PadCollator:
@@ -147,11 +149,23 @@ class PadCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch):
-        ids, labels = zip(*batch)
+        ids, labels, index = zip(*batch)
         input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.tensor([len(x) for x in ids])
         attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.stack(labels)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.stack(labels),
+            "index": torch.tensor(index),  # position in the dataset, to undo length sorting
+        }
+
+
+def in_original_order(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Join per-batch prediction dicts (each with an `index`) back into the dataset's row order."""
+    index = torch.cat([b["index"] for b in batches])
+    order = torch.argsort(index)
+    return {key: torch.cat([b[key] for b in batches])[order] for key in batches[0]}
 
 
 class AGNewsDataModule(L.LightningDataModule):
@@ -168,6 +182,7 @@ class AGNewsDataModule(L.LightningDataModule):
         seed: int = 42,
         cache_dir: str = "~/.cache/agnews",
         num_workers: int = 0,
+        group_by_length: bool = True,
     ):
         """
         Args:
@@ -178,6 +193,8 @@ class AGNewsDataModule(L.LightningDataModule):
             train_size: keep only this many training rows (stratified), to fit a CPU budget.
             test_size: evaluate on a stratified subset of the test split (quick checks only).
             cache_dir: where tokenized splits are cached as `.pt` files.
+            group_by_length: batch rows of similar length together (training: random buckets; evaluation:
+                sorted), so that little padding is computed. Off: plain shuffled / sequential batches.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -317,25 +334,31 @@ class AGNewsDataModule(L.LightningDataModule):
                 rows = stratified_take(test["labels"].numpy(), hp.test_size, generator, "test_size")[0]
             self.test_set = TokenizedDataset(test, rows)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
+    def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        hp = self.hparams
+        if not hp.group_by_length:
+            batching = {"batch_size": batch_size, "shuffle": train}
+        elif train:
+            sampler = SeededShuffle(len(dataset), seed=hp.seed)
+            batching = {"batch_sampler": LengthGroupedBatchSampler(sampler, batch_size, lengths=dataset.lengths)}
+        else:
+            batching = {"batch_sampler": SortedBatchSampler(SequentialSampler(dataset), batch_size, lengths=dataset.lengths)}
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
             collate_fn=PadCollator(self.pad_token_id),
-            num_workers=workers,
-            persistent_workers=workers > 0,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            **batching,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.hparams.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.hparams.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)

