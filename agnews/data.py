@@ -336,6 +336,9 @@ class AGNewsDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
         hp = self.hparams
+        if hp.num_workers > 0:
+            # the bulk tokenization above used Rust threads: say so before workers fork, instead of a warning each
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if not hp.group_by_length:
             batching = {"batch_size": batch_size, "shuffle": train}
         elif train:

@@ -42,6 +42,7 @@ class AGNewsClassifier(L.LightningModule):
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        freeze_embeddings: bool = False,
         class_names: list[str] | None = None,
         backbone_config: dict[str, Any] | None = None,
     ):
@@ -49,6 +50,8 @@ class AGNewsClassifier(L.LightningModule):
         Args:
             backbone: hub id, local folder, or `pkg:<module>/<folder>` of a pretrained encoder.
             warmup_ratio: fraction of all optimizer steps spent warming the learning rate up from 0.
+            freeze_embeddings: keep the word embeddings as pretrained. On a CPU their dense gradient and
+                AdamW update (half of MiniLM's parameters) cost a large share of each step.
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
@@ -66,6 +69,8 @@ class AGNewsClassifier(L.LightningModule):
             config = AutoConfig.for_model(**backbone_config)
             self.model = AutoModelForSequenceClassification.from_config(config)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
+        if freeze_embeddings:
+            self.model.get_input_embeddings().weight.requires_grad_(False)
         if self.model.config.num_labels != num_classes:
             raise AGNewsError(f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}")
         self.loss_fn = nn.CrossEntropyLoss()

@@ -52,7 +52,7 @@ def split_rows(args):
 
 
 def mean_tokens(raw, rows, tokenizer, max_length) -> float:
-    texts = raw.select(rows)["text"]
+    texts = list(raw.select(rows)["text"])
     return float(np.mean([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]))
 
 
@@ -108,7 +108,8 @@ def run_agnews(args) -> dict:
     L.seed_everything(42)
     dm = AGNewsDataModule(dataset=args.data, tokenizer=args.backbone, max_length=args.max_length,
                           batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, val_size=0.1,
-                          train_size=args.subset or None, test_size=args.subset or None, seed=42)
+                          train_size=args.subset or None, test_size=args.subset or None, seed=42,
+                          **json.loads(args.agnews_data))
     model = AGNewsClassifier(backbone=args.backbone, learning_rate=args.lr, **json.loads(args.agnews_model))
     trainer = L.Trainer(accelerator="cpu", max_epochs=args.epochs, precision="bf16-mixed" if cpu_supports_bf16() else "32-true",
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -160,7 +161,9 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
-    parser.add_argument("--agnews-model", default="{}", help="extra AGNewsClassifier arguments as JSON")
+    parser.add_argument("--agnews-model", default='{"freeze_embeddings": true}',
+                        help="AGNewsClassifier arguments as JSON (default: the fast path of configs/*.yaml)")
+    parser.add_argument("--agnews-data", default="{}", help="extra AGNewsDataModule arguments as JSON")
     parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,7 +180,9 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             command = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--out", out.name]
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if child.returncode:
+                sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
             results[name] = json.loads(Path(out.name).read_text())
 
     bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
