@@ -66,8 +66,16 @@ def load_config(name: str):
     return _load("backbone config", name, AutoConfig.from_pretrained)
 
 
-def load_classifier(name: str, num_labels: int):
-    return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels)
+def load_classifier(name: str, num_labels: int, **overrides):
+    """The encoder with a fresh classification head; `overrides` set config fields (dropout, attn_implementation)."""
+    return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels, **overrides)
+
+
+def dropout_overrides(config, dropout: float | None) -> dict[str, float]:
+    """Every dropout probability of an encoder config (BERT's hidden/attention/classifier, DistilBERT's...)."""
+    if dropout is None:
+        return {}
+    return {key: dropout for key, value in config.to_dict().items() if "dropout" in key and isinstance(value, float | type(None))}
 
 
 def max_positions(name: str, tokenizer: PreTrainedTokenizerBase) -> int:

@@ -175,7 +175,7 @@ class AGNewsDataModule(L.LightningDataModule):
         tokenizer: str = "distilbert-base-uncased",
         max_length: int = 128,
         batch_size: int = 16,
-        eval_batch_size: int = 64,
+        eval_batch_size: int = 128,
         val_size: int | float = 0.1,
         train_size: int | float | None = None,
         test_size: int | float | None = None,

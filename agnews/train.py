@@ -142,6 +142,7 @@ def cli_main(args=None) -> AGNewsCLI:
                 "accelerator": "cpu",
                 "devices": 1,
                 "max_epochs": 5,
+                "precision": "bf16-mixed",
                 "log_every_n_steps": 50,
                 "callbacks": [LearningRateMonitor(logging_interval="step"), FitSummary()],
             },

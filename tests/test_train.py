@@ -95,3 +95,15 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"agnews: error: {message}")
     assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    "native, flags, expected",
+    [(True, [], "bf16-mixed"), (False, [], "32-true"), (True, ["--trainer.precision", "32-true"], "32-true")],
+)
+def test_bf16_by_default_where_the_cpu_has_it(native, flags, expected, tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("agnews.train.cpu_supports_bf16", lambda: native)
+    cli = cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.fast_dev_run", "1", *flags])
+    assert cli.trainer.precision == expected
+    assert ("no native bf16; precision bf16-mixed -> 32-true" in capsys.readouterr().err) == (not native)
