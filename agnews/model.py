@@ -56,7 +56,8 @@ class AGNewsClassifier(L.LightningModule):
                 AdamW update (half of MiniLM's parameters) cost a large share of each step.
             dropout: replaces every dropout probability of the encoder and head (None: keep the pretrained ones).
                 On a CPU, drawing dropout masks costs about a fifth of a training step.
-            attention: attention implementation (`eager`, `sdpa`; None: the transformers default).
+            attention: attention implementation while training (`eager`, `sdpa`; None: the transformers
+                default). Evaluation always runs SDPA, the fastest there (benchmarks/profile_step.py, README).
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
@@ -98,6 +99,27 @@ class AGNewsClassifier(L.LightningModule):
             self.model.config.id2label = dict(enumerate(names))
             self.model.config.label2id = {n: i for i, n in enumerate(names)}
             self.hparams.backbone_config = json.loads(self.model.config.to_json_string())
+
+    # Training and evaluation are fastest with different attention kernels on a CPU: switch between them.
+    def _use_attention(self, implementation: str | None) -> None:
+        if implementation and self.model.config._attn_implementation != implementation:
+            self.model.set_attn_implementation(implementation)
+
+    def on_train_start(self) -> None:
+        self._use_attention(self.hparams.attention)
+
+    def on_validation_start(self) -> None:
+        self._use_attention("sdpa")
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self._use_attention(self.hparams.attention)
+
+    def on_test_start(self) -> None:
+        self._use_attention("sdpa")
+
+    def on_predict_start(self) -> None:
+        self._use_attention("sdpa")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

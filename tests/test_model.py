@@ -100,3 +100,55 @@ def test_folder_that_is_not_a_model(tmp_path):
 def test_missing_package_backbone():
     with pytest.raises(AGNewsError, match="not installed"):
         AGNewsClassifier(backbone="pkg:no_such_package_xyz/model")
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_distilbert"])
+def test_dropout_option_replaces_every_dropout(backbone, request):
+    folder = request.getfixturevalue(backbone)
+    model = AGNewsClassifier(backbone=str(folder), dropout=0.0, attention="eager")
+    dropouts = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    assert model.model.config._attn_implementation == "eager"
+    default = AGNewsClassifier(backbone=str(folder))
+    assert any(m.p > 0 for m in default.model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_fast_path_options_survive_the_checkpoint(tmp_path, data_dir, tiny_bert):
+    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, val_size=32,
+                          cache_dir=str(tmp_path / "cache"))
+    model = AGNewsClassifier(backbone=str(tiny_bert), learning_rate=1e-2, freeze_embeddings=True, dropout=0.0,
+                             attention="eager")
+    frozen = model.model.get_input_embeddings().weight.detach().clone()
+    head = model.model.classifier.weight.detach().clone()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert torch.equal(model.model.get_input_embeddings().weight, frozen)
+    assert not torch.equal(model.model.classifier.weight, head)
+    loaded = AGNewsClassifier.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert loaded.model.config._attn_implementation == "eager"
+    assert all(m.p == 0.0 for m in loaded.model.modules() if isinstance(m, torch.nn.Dropout))
+    assert not loaded.model.get_input_embeddings().weight.requires_grad
+
+
+def test_training_attention_and_evaluation_attention(tmp_path, data_dir, tiny_bert):
+    class Spy(AGNewsClassifier):
+        seen: list = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(("train", self.model.config._attn_implementation))
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            self.seen.append(("val", self.model.config._attn_implementation))
+            return super().validation_step(batch, batch_idx)
+
+    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, val_size=32,
+                          batch_size=32, cache_dir=str(tmp_path / "cache"))
+    model = Spy(backbone=str(tiny_bert), attention="eager")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, val_check_interval=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert {impl for stage, impl in model.seen if stage == "train"} == {"eager"}
+    assert {impl for stage, impl in model.seen if stage == "val"} == {"sdpa"}
+    assert [s for s, _ in model.seen].count("val") >= 4  # validation ran mid-epoch, training went on after it
