@@ -6,7 +6,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score,
+                                         MulticlassPrecision, MulticlassRecall)
 from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from agnews import backbone as backbones
@@ -87,6 +89,17 @@ class AGNewsClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        # the test report's figures (agnews.report), per class
+        self.test_details = MetricCollection(
+            {
+                "precision": MulticlassPrecision(num_classes, average=None),
+                "recall": MulticlassRecall(num_classes, average=None),
+                "f1": MulticlassF1Score(num_classes, average=None),
+                "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+                "confusion": MulticlassConfusionMatrix(num_classes),
+            }
+        )
 
     def setup(self, stage: str) -> None:
         names = getattr(self.trainer.datamodule, "class_names", None)
@@ -124,7 +137,7 @@ class AGNewsClassifier(L.LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+    def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self.loss_fn(logits, batch["labels"])
         metric(logits, batch["labels"])
@@ -132,16 +145,27 @@ class AGNewsClassifier(L.LightningModule):
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc)[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+        _, logits = self._step(batch, "val", self.val_acc)
+        self.val_f1(logits, batch["labels"])
+        self.log("val_f1", self.val_f1, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+        _, logits = self._step(batch, "test", self.test_acc)
+        self.test_details.update(logits, batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        self.test_results = {key: value.cpu() for key, value in self.test_details.compute().items()}
+        self.test_details.reset()
+        self.log("test_f1", self.test_results["macro_f1"])
+        for name, f1 in zip(names, self.test_results["f1"]):
+            self.log(f"test_f1_{name.replace('/', '_')}", f1)  # no '/': TensorBoard would nest it
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)

@@ -14,6 +14,7 @@ from agnews.callbacks import FitSummary
 from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError
 from agnews.model import AGNewsClassifier
+from agnews.report import TestReport
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
@@ -144,7 +145,7 @@ def cli_main(args=None) -> AGNewsCLI:
                 "max_epochs": 5,
                 "precision": "bf16-mixed",
                 "log_every_n_steps": 50,
-                "callbacks": [LearningRateMonitor(logging_interval="step"), FitSummary()],
+                "callbacks": [LearningRateMonitor(logging_interval="step"), FitSummary(), TestReport()],
             },
             save_config_kwargs={"overwrite": True},
             args=args,

@@ -53,7 +53,7 @@ def test_test_reuses_the_runs_data_settings(fitted, tiny_bert, data_dir, tmp_pat
 def test_tensorboard_holds_validation_curves(fitted, tmp_path):
     events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"val_loss", "val_acc", "train_loss_step", "train_loss_epoch", "train_acc"} <= tags
+    assert {"val_loss", "val_acc", "val_f1", "train_loss_step", "train_loss_epoch", "train_acc"} <= tags
     assert len(events.Scalars("val_loss")) == 3
 
 

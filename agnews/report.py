@@ -1,0 +1,82 @@
+"""The test report: what `test` measured, per class, written next to the checkpoint it evaluated."""
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class TestReport(Callback):
+    """After `test`, write `test_report.json` and `test_report.md` beside the evaluated checkpoint (or in the
+    run folder when the model was not loaded from one)."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = getattr(pl_module, "test_results", None)
+        if results is None:
+            return
+        report = build_report(pl_module, trainer, results, seconds=time.perf_counter() - self._start)
+        folder = Path(trainer.ckpt_path).parent if trainer.ckpt_path else Path(trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "test_report.md").write_text(render_markdown(report))
+        print(f"agnews: test report written to {folder / 'test_report.md'}", flush=True)
+
+
+def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
+    names = pl_module.hparams.class_names or [str(i) for i in range(pl_module.hparams.num_classes)]
+    confusion = results["confusion"].long()
+    datamodule = trainer.datamodule
+    metrics = trainer.callback_metrics
+    return {
+        "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        "dataset": getattr(datamodule, "hparams", {}).get("dataset") if datamodule else None,
+        "split": "test",
+        "rows": int(confusion.sum()),
+        "seconds": round(seconds, 2),
+        "accuracy": float(metrics["test_acc"]),
+        "loss": float(metrics["test_loss"]),
+        "macro_f1": float(results["macro_f1"]),
+        "classes": [
+            {
+                "name": name,
+                "precision": float(results["precision"][i]),
+                "recall": float(results["recall"][i]),
+                "f1": float(results["f1"][i]),
+                "support": int(confusion[i].sum()),
+            }
+            for i, name in enumerate(names)
+        ],
+        "confusion_matrix": {"rows": "true class", "columns": "predicted class", "labels": names,
+                             "counts": confusion.tolist()},
+    }
+
+
+def render_markdown(report: dict) -> str:
+    names = report["confusion_matrix"]["labels"]
+    lines = [
+        "# Test report",
+        "",
+        f"- checkpoint: `{report['checkpoint']}`",
+        f"- data: `{report['dataset']}`, split `{report['split']}`, {report['rows']:,} rows, {report['seconds']:.1f} s",
+        f"- accuracy **{100 * report['accuracy']:.2f}%**, average loss {report['loss']:.4f}, macro-F1 {report['macro_f1']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *(f"| {c['name']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']:,} |" for c in report["classes"]),
+        "",
+        "Confusion matrix (rows: true class, columns: predicted class):",
+        "",
+        "| true \\ predicted | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        *(f"| {name} | " + " | ".join(f"{n:,}" for n in row) + " |"
+          for name, row in zip(names, report["confusion_matrix"]["counts"])),
+        "",
+    ]
+    return "\n".join(lines)
