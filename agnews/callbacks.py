@@ -1,12 +1,18 @@
 import time
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from agnews.errors import AGNewsError
+from agnews.plot import plot_runs
 
 
 class FitSummary(Callback):
-    """At the end of `fit`, print the best validation figures, where the best checkpoint is, and time per epoch."""
+    """At the end of `fit`, print the best validation figures, where the best checkpoint is, and time per epoch,
+    and draw the run's curves into `curves.png` in its folder."""
 
     def __init__(self):
         self.epoch_seconds: list[float] = []
@@ -39,4 +45,10 @@ class FitSummary(Callback):
         if self.epoch_seconds:
             mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
             lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")
+        if isinstance(trainer.logger, TensorBoardLogger):
+            trainer.logger.experiment.flush()
+            try:
+                lines.append(f"curves: {plot_runs([Path(trainer.logger.log_dir)], Path(trainer.logger.log_dir) / 'curves.png')}")
+            except AGNewsError as err:
+                lines.append(f"no curves: {err}")
         print("\n".join(lines), flush=True)
