@@ -8,6 +8,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from agnews.errors import AGNewsError
 from agnews.plot import plot_runs
+from agnews.report import run_hparams
 
 
 class FitSummary(Callback):
@@ -46,6 +47,9 @@ class FitSummary(Callback):
             mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
             lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")
         if isinstance(trainer.logger, TensorBoardLogger):
+            if scored:  # final figures beside the settings, so runs compare side by side in the HPARAMS tab
+                trainer.logger.log_hyperparams(run_hparams(pl_module, trainer),
+                                               {"hp_best_val_loss": best["val_loss"], "hp_best_val_acc": best.get("val_acc", 0.0)})
             trainer.logger.experiment.flush()
             try:
                 lines.append(f"curves: {plot_runs([Path(trainer.logger.log_dir)], Path(trainer.logger.log_dir) / 'curves.png')}")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 class TestReport(Callback):
@@ -27,6 +29,29 @@ class TestReport(Callback):
         (folder / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")
         (folder / "test_report.md").write_text(render_markdown(report))
         print(f"agnews: test report written to {folder / 'test_report.md'}", flush=True)
+        if isinstance(trainer.logger, TensorBoardLogger):
+            log_to_tensorboard(trainer.logger, pl_module, report, results)
+
+
+def run_hparams(pl_module: L.LightningModule, trainer: L.Trainer) -> dict:
+    """The run's settings as plain scalars for TensorBoard's HPARAMS tab (the encoder config is left out)."""
+    params = {f"model/{k}": v for k, v in pl_module.hparams_initial.items() if k not in ("backbone_config", "class_names")}
+    if trainer.datamodule is not None:
+        params.update({f"data/{k}": v for k, v in trainer.datamodule.hparams.items() if k != "tokenizer"})
+    params["trainer/precision"] = str(trainer.precision)
+    return params
+
+
+def log_to_tensorboard(logger: TensorBoardLogger, pl_module, report: dict, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    names = report["confusion_matrix"]["labels"]
+    fig, _ = MulticlassConfusionMatrix(len(names)).plot(results["confusion"].long(), labels=names)
+    fig.set_size_inches(6, 6)
+    logger.experiment.add_figure("test_confusion_matrix", fig, close=True)
+    logger.log_hyperparams(run_hparams(pl_module, pl_module.trainer),
+                           {"hp_test_acc": report["accuracy"], "hp_test_loss": report["loss"], "hp_test_f1": report["macro_f1"]})
 
 
 def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:

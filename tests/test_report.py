@@ -45,3 +45,16 @@ def test_cli_test_writes_the_report_beside_the_checkpoint(tiny_bert, data_dir, t
     assert sum(map(sum, report["confusion_matrix"]["counts"])) == 80
     assert "# Test report" in (folder / "test_report.md").read_text()
     assert {"test_f1", "test_f1_Sci_Tech"} <= set(cli.trainer.callback_metrics)
+
+
+def test_tensorboard_gets_confusion_image_and_hparams(tiny_bert, data_dir, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.max_epochs", "1"])
+    cli_main(["test", *tiny_args(tiny_bert, data_dir, tmp_path)])
+    fit_events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload()
+    assert {"hp_best_val_loss", "hp_best_val_acc"} <= set(fit_events.Tags()["scalars"])
+    test_events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_1")).Reload()
+    assert "test_confusion_matrix" in test_events.Tags()["images"]
+    assert {"hp_test_acc", "test_f1", "test_f1_World"} <= set(test_events.Tags()["scalars"])
