@@ -122,6 +122,4 @@ def files_to_folder(files: dict[str, str], root: str | os.PathLike) -> str:
 
 def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerBase:
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in files.items():
-            (Path(tmp) / name).write_text(text, encoding="utf-8")
-        return AutoTokenizer.from_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(files_to_folder(files, tmp))
