@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from agnews import backbone
 from agnews.errors import AGNewsError
 from agnews.sampling import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler
+from agnews.texts import blank_rows, describe_rows, encode, read_texts
 
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", ".arrow")
@@ -183,6 +184,7 @@ class AGNewsDataModule(L.LightningDataModule):
         cache_dir: str = "~/.cache/agnews",
         num_workers: int = 0,
         group_by_length: bool = True,
+        predict_file: str | None = None,
     ):
         """
         Args:
@@ -195,6 +197,8 @@ class AGNewsDataModule(L.LightningDataModule):
             cache_dir: where tokenized splits are cached as `.pt` files.
             group_by_length: batch rows of similar length together (training: random buckets; evaluation:
                 sorted), so that little padding is computed. Off: plain shuffled / sequential batches.
+            predict_file: texts for `predict` (`.txt` one per line, or `.csv`/`.jsonl`/`.parquet` with a `text`
+                column); without it `predict` runs on the test split.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -202,12 +206,17 @@ class AGNewsDataModule(L.LightningDataModule):
             raise AGNewsError(f"max_length={max_length} is too short; use at least 2 (e.g. 128)")
         self.class_names: list[str] | None = None
         self.pad_token_id: int | None = None
-        self.train_set = self.val_set = self.test_set = None
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
+        self.predict_texts: list[str] | None = None  # the predict file's rows, blank ones included
+        self.predict_rows: list[int] | None = None  # the rows predicted (not blank)
 
     # ---- preparation: runs once per machine, writes files only ----
 
+    def _stage(self) -> str | None:
+        return getattr(self.trainer.state.fn, "value", None) if self.trainer is not None else None
+
     def _splits_for_stage(self) -> list[str]:
-        stage = getattr(self.trainer.state.fn, "value", None) if self.trainer is not None else None
+        stage = self._stage()
         return {"fit": ["train"], "validate": ["train"], "test": ["test"], "predict": ["test"]}.get(stage, ["train", "test"])
 
     def _cache_path(self, split: str, data_fingerprint: str, tokenizer_fingerprint: str) -> Path:
@@ -247,8 +256,13 @@ class AGNewsDataModule(L.LightningDataModule):
                 )
         return raw, class_names
 
+    def _predicts_file(self) -> bool:
+        return self.hparams.predict_file is not None and self._stage() == "predict"
+
     def prepare_data(self) -> None:
         hp = self.hparams
+        if self._predicts_file():  # nothing to cache: the texts are read and tokenized in setup
+            return
         splits = self._splits_for_stage()
         paths, tokenizer, loaded = self._locate(splits)
         limit = backbone.max_positions(hp.tokenizer, tokenizer)
@@ -326,6 +340,10 @@ class AGNewsDataModule(L.LightningDataModule):
             self.train_set = TokenizedDataset(train, train_rows)
             self.val_set = TokenizedDataset(train, val_rows)
             rank_zero_info(f"agnews: {len(self.train_set):,} training rows, {len(self.val_set):,} validation rows")
+        if stage == "predict" and hp.predict_file is not None:
+            if self.predict_set is None:
+                self._setup_predict_file()
+            return
         if stage in ("test", "predict", None) and self.test_set is None:
             test = self._load_split("test")
             rows = None
@@ -333,6 +351,26 @@ class AGNewsDataModule(L.LightningDataModule):
                 generator = torch.Generator().manual_seed(hp.seed)
                 rows = stratified_take(test["labels"].numpy(), hp.test_size, generator, "test_size")[0]
             self.test_set = TokenizedDataset(test, rows)
+
+    def _setup_predict_file(self) -> None:
+        hp = self.hparams
+        texts = read_texts(hp.predict_file)
+        if not texts:
+            raise AGNewsError(f"{hp.predict_file} holds no texts")
+        blank = blank_rows(texts)
+        if blank:
+            rank_zero_info(f"agnews: warning: {len(blank)} of {len(texts)} texts in {hp.predict_file} are empty (ids {describe_rows(blank)}): not predicted, their output rows have no label")
+        if len(blank) == len(texts):
+            raise AGNewsError(f"every text in {hp.predict_file} is empty; nothing to predict")
+        tokenizer = backbone.load_tokenizer(hp.tokenizer)
+        self.predict_rows = [i for i, t in enumerate(texts) if t.strip()]
+        tensors = encode(tokenizer, [texts[i] for i in self.predict_rows], hp.max_length)
+        cut = int((tensors["lengths"] >= hp.max_length).sum())
+        if cut:
+            rank_zero_info(f"agnews: {cut} texts reached max_length={hp.max_length} tokens; longer ones were truncated")
+        self.predict_texts = texts
+        self.pad_token_id = int(tokenizer.pad_token_id or 0)
+        self.predict_set = TokenizedDataset(tensors)
 
     def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
         hp = self.hparams
@@ -364,4 +402,5 @@ class AGNewsDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)
+        dataset = self.test_set if self.hparams.predict_file is None else self.predict_set
+        return self._loader(dataset, self.hparams.eval_batch_size, train=False)

@@ -79,9 +79,9 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
 
 def latest_run(log_root: Path = Path("lightning_logs")) -> Path:
     """The newest run that trained (test-only runs log no training curves)."""
-    from agnews.train import _runs
+    from agnews.checkpoints import runs
 
-    for run in _runs(log_root):
+    for run in runs(log_root):
         if (run / "checkpoints").is_dir():
             return run
     raise AGNewsError(f"no training run under {log_root}/; run `python -m agnews.train fit` first or pass RUN_DIR")

@@ -1,6 +1,5 @@
 """Command line: `python -m agnews.train {fit,validate,test,predict} [--config configs/...yaml] [--print_config]`."""
 
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,8 +10,10 @@ from lightning.pytorch.cli import LightningCLI
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
 from agnews.callbacks import FitSummary
+from agnews.checkpoints import find_checkpoint, read_checkpoint, runs
 from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError
+from agnews.inference import PredictionWriter
 from agnews.model import AGNewsClassifier
 from agnews.report import TestReport
 
@@ -27,41 +28,6 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def _runs(log_root: Path) -> list[Path]:
-    """Run folders (`version_N`), newest first."""
-    found = [p for p in log_root.glob("version_*") if p.is_dir() and re.fullmatch(r"version_\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]), reverse=True)
-
-
-def _best_in(folder: Path) -> Path | None:
-    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith("last")]
-    last = folder / "last.ckpt"
-    if len(candidates) > 1 and last.is_file():
-        # several kept (save_top_k > 1): ModelCheckpoint's own state says which is best
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
-        for key, value in state.items():
-            if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
-                best = folder / Path(value["best_model_path"]).name
-                if best.is_file():
-                    return best
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def find_checkpoint(log_root: Path, which: str) -> Path:
-    """`which` is a file, or `best`/`last` of the most recent run under `log_root` that saved checkpoints."""
-    if which not in ("best", "last"):
-        path = Path(which).expanduser()
-        if not path.is_file():
-            raise AGNewsError(f"checkpoint {which!r} does not exist; pass an existing .ckpt file, or 'best'/'last' of the latest run")
-        return path
-    for run in _runs(log_root):
-        folder = run / "checkpoints"
-        path = (folder / "last.ckpt") if which == "last" else _best_in(folder)
-        if path is not None and path.is_file():
-            return path
-    raise AGNewsError(f"no {which} checkpoint under {log_root}/; run `python -m agnews.train fit` first or pass --ckpt_path FILE")
-
-
 class AGNewsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -74,8 +40,15 @@ class AGNewsCLI(LightningCLI):
                 "checkpoint.filename": "{epoch}-{step}-{val_loss:.4f}-{val_acc:.4f}",
             }
         )
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
         # one name for both, so the tokenizer can never disagree with the encoder
         parser.link_arguments("model.backbone", "data.tokenizer")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":  # fast inference paths are opt-in: --trainer.precision bf16-mixed, --prediction.int8
+            parser.set_defaults({"trainer.precision": "32-true"})
+        return parser
 
     def _log_root(self, config) -> Path:
         return Path(config.trainer.get("default_root_dir") or ".") / "lightning_logs"
@@ -90,6 +63,7 @@ class AGNewsCLI(LightningCLI):
             # resolved before instantiation, so LightningCLI rebuilds the model from the checkpoint's own
             # hyperparameters (backbone config included) instead of downloading the backbone named on the CLI
             config.ckpt_path = str(find_checkpoint(self._log_root(config), config.get("ckpt_path") or "best"))
+            self._checkpoint = read_checkpoint(config.ckpt_path)  # refuses a damaged file before Lightning reads it
             print(f"agnews: {sub} uses checkpoint {config.ckpt_path}", file=sys.stderr, flush=True)
 
     def before_instantiate_classes(self) -> None:
@@ -108,7 +82,7 @@ class AGNewsCLI(LightningCLI):
             trainer.precision = "32-true"
 
     def _settings_from_checkpoint(self, config, sub: str) -> None:
-        checkpoint = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = self._checkpoint
         # data settings the user left at their defaults come from the run that wrote the checkpoint
         saved = checkpoint.get("datamodule_hyper_parameters", {})
         defaults = self._parser(sub).get_defaults().data
@@ -123,11 +97,11 @@ class AGNewsCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         # a run that fails on bad input leaves no half-made run folder behind
         log_root = self._log_root(self.config[subcommand])
-        before = set(_runs(log_root))
+        before = set(runs(log_root))
         try:
             super()._run_subcommand(subcommand)
         except AGNewsError:
-            for run in set(_runs(log_root)) - before:
+            for run in set(runs(log_root)) - before:
                 if not any(run.glob("checkpoints/*.ckpt")):
                     shutil.rmtree(run, ignore_errors=True)
             raise

@@ -1,0 +1,239 @@
+"""Applying a trained classifier to new text: read input files, predict fast on a CPU, write predictions.
+
+`Classifier` is the Python API (notebooks, services); `PredictionWriter` is the `predict` subcommand's output.
+Both keep rows in input order while batching them by length, and share the opt-in fast paths: bf16 autocast
+and dynamic int8 quantization of the linear layers.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import nn
+from torch.utils.data import DataLoader, SequentialSampler
+
+from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
+from agnews.data import PadCollator, TokenizedDataset, in_original_order
+from agnews.errors import AGNewsError
+from agnews.sampling import SortedBatchSampler
+from agnews.texts import encode
+
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+PRECISIONS = ("32", "bf16", "int8")
+
+
+# ---- the model on a CPU ----
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every linear layer, in place (weights int8, activations quantized per batch)."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency here; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def autocast(precision: str):
+    """The context a forward pass runs in: bf16 autocast for `bf16`, nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_precision(precision: str) -> str:
+    precision = str(precision)
+    if precision not in PRECISIONS:
+        raise AGNewsError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (32: fp32; bf16: autocast; int8: dynamic quantization)")
+    if precision == "bf16":
+        from agnews.train import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            raise AGNewsError("this CPU has no native bf16, where bf16 is slower than fp32; use precision 32 or int8")
+    return precision
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str | None  # None for an empty text
+    score: float | None  # probability of `label`
+    probs: dict[str, float]
+
+
+class Classifier:
+    """A trained classifier for plain Python: `Classifier.from_checkpoint("best").predict(["text", ...])`."""
+
+    def __init__(self, model: nn.Module, tokenizer, class_names: Sequence[str], max_length: int = 128,
+                 batch_size: int = 64, precision: str = "32"):
+        """
+        Args:
+            model: a Hugging Face sequence-classification model.
+            precision: `32` (fp32), `bf16` (autocast, where the CPU has native bf16) or `int8` (dynamic
+                quantization of the linear layers). See the README's inference table for speed and accuracy.
+        """
+        self.precision = check_precision(precision)
+        self.model = model.eval()
+        if getattr(model.config, "_attn_implementation", None) != "sdpa":
+            model.set_attn_implementation("sdpa")  # the fastest evaluation kernel on a CPU
+        if self.precision == "int8":
+            quantize_int8(self.model)
+        self.tokenizer = tokenizer
+        self.class_names = list(class_names)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.checkpoint: Path | None = None  # the file it was loaded from
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike = "best", log_root: str | os.PathLike = LOG_ROOT, **kwargs) -> "Classifier":
+        """`path`: a `.ckpt` file, or `best`/`last` of the latest run under `log_root`."""
+        from agnews.model import AGNewsClassifier
+
+        path = find_checkpoint(Path(log_root), str(path))
+        checkpoint = read_checkpoint(path)
+        if "hyper_parameters" not in checkpoint or not checkpoint.get("backbone_files"):
+            raise AGNewsError(f"checkpoint {path} was not written by agnews fit (no model settings or tokenizer inside)")
+        module = AGNewsClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        names = module.hparams.class_names or [str(i) for i in range(module.hparams.num_classes)]
+        kwargs.setdefault("max_length", checkpoint.get("datamodule_hyper_parameters", {}).get("max_length", 128))
+        classifier = cls(module.model, module.tokenizer, names, **kwargs)
+        classifier.checkpoint = path
+        return classifier
+
+    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        """Class probabilities, one row per text in input order (float32; NaN rows for empty texts)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise AGNewsError(f"texts must be strings; text {bad[0]} is {type(texts[bad[0]]).__name__} {texts[bad[0]]!r}")
+        probs = torch.full((len(texts), len(self.class_names)), float("nan"))
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        if not keep:
+            return probs
+        dataset = TokenizedDataset(encode(self.tokenizer, [texts[i] for i in keep], self.max_length))
+        batches = SortedBatchSampler(SequentialSampler(dataset), self.batch_size, lengths=dataset.lengths)
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadCollator(self.tokenizer.pad_token_id or 0))
+        outputs = []
+        with torch.inference_mode(), autocast(self.precision):
+            for batch in loader:
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                outputs.append({"index": batch["index"], "probs": logits.float().softmax(-1)})
+        probs[keep] = in_original_order(outputs)["probs"]
+        return probs
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        return [self._prediction(row) for row in self.predict_proba(texts)]
+
+    def _prediction(self, row: torch.Tensor) -> Prediction:
+        if row.isnan().any():
+            return Prediction(None, None, {})
+        best = int(row.argmax())
+        return Prediction(self.class_names[best], float(row[best]), dict(zip(self.class_names, row.tolist())))
+
+
+# ---- output ----
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse, before any work, an output that could not be written or would silently replace a file."""
+    path = Path(path).expanduser()
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise AGNewsError(f"output {path}: use a .csv or .jsonl file name")
+    if not path.parent.is_dir():
+        raise AGNewsError(f"output folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise AGNewsError(f"output {path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise AGNewsError(f"output {path} exists; pass --prediction.overwrite true to replace it, or another file name")
+    return path
+
+
+def write_predictions(path: Path, class_names: Sequence[str], probs: torch.Tensor, ids: Sequence,
+                      texts: Sequence[str] | None = None, true_labels: Sequence[int] | None = None) -> None:
+    """One row per input row, in input order: id, text, label, score, one probability per class (empty for
+    rows not predicted). Written to a temporary file and renamed, so a failed run leaves no partial output."""
+    records = []
+    for i, row in enumerate(probs):
+        record = {"id": ids[i]}
+        if texts is not None:
+            record["text"] = texts[i]
+        if true_labels is not None:
+            record["true_label"] = class_names[int(true_labels[i])]
+        done = not row.isnan().any()
+        best = int(row.argmax()) if done else None
+        record["label"] = class_names[best] if done else None
+        record["score"] = round(float(row[best]), 6) if done else None
+        record["probs"] = {name: round(float(p), 6) for name, p in zip(class_names, row)} if done else None
+        records.append(record)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            if path.suffix == ".jsonl":
+                for record in records:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                writer = csv.writer(f)
+                head = [k for k in (records[0] if records else {"id": 0, "label": 0, "score": 0}) if k != "probs"]
+                writer.writerow(head + [f"prob_{name}" for name in class_names])
+                for record in records:
+                    probs_ = record["probs"] or {}
+                    writer.writerow([("" if record[k] is None else record[k]) for k in head] + [probs_.get(n, "") for n in class_names])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `predict`'s output file, in input order, and applies the int8 fast path if asked."""
+
+    def __init__(self, output: str | None = None, overwrite: bool = False, int8: bool = False):
+        """
+        Args:
+            output: the predictions file, `.csv` or `.jsonl`; its folder must exist.
+            overwrite: replace `output` if it exists.
+            int8: dynamic int8 quantization of the linear layers (CPU; see the README's inference table).
+        """
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.overwrite = overwrite
+        self.int8 = int8
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        if self.output is None:
+            raise AGNewsError("predict writes to a file: pass --prediction.output FILE (.csv or .jsonl)")
+        check_output(self.output, self.overwrite)
+        if trainer.world_size > 1:
+            raise AGNewsError("predict runs in one process; leave --trainer.devices at 1")
+        if self.int8 and "bf16" in str(trainer.precision):
+            raise AGNewsError("choose one fast path: --prediction.int8 true with --trainer.precision 32-true, or bf16 alone")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.int8:
+            quantize_int8(pl_module.model)
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        dm = trainer.datamodule
+        names = pl_module.hparams.class_names or [str(i) for i in range(pl_module.hparams.num_classes)]
+        if predictions:
+            found = in_original_order(predictions)["probs"]
+        else:
+            found = torch.empty(0, len(names))
+        if dm.predict_texts is not None:  # a file of texts: every input row, blank ones unpredicted
+            probs = torch.full((len(dm.predict_texts), len(names)), float("nan"))
+            probs[dm.predict_rows] = found
+            write_predictions(Path(self.output).expanduser(), names, probs, range(len(probs)), texts=dm.predict_texts)
+        else:  # the data set's test split: row ids and true labels
+            dataset = dm.predict_dataloader().dataset
+            true = dataset.labels[dataset.rows]
+            write_predictions(Path(self.output).expanduser(), names, found, dataset.rows.tolist(), true_labels=true)
+        print(f"agnews: {len(found):,} predictions written to {self.output}", flush=True)

@@ -1,0 +1,154 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from agnews.errors import AGNewsError
+from agnews.inference import Classifier
+from agnews.train import cli_main, cpu_supports_bf16
+from tests.conftest import make_rows
+from tests.test_texts import write_texts
+
+# lengths from 1 to ~40 words, so that length-sorted batches reorder them
+TEXTS = [" ".join(words) for words in (["market"] * n + ["profit", "today"] for n in (30, 0, 12, 1, 40, 5))]
+TEXTS += make_rows(3, seed=7)[0]
+
+
+def predict_cli(trained, *args):
+    return cli_main(["predict", "--ckpt_path", str(trained.checkpoint), "--data.cache_dir", str(trained.cache),
+                     "--trainer.default_root_dir", str(trained.root), "--trainer.enable_progress_bar", "false", *args])
+
+
+def read_output(path):
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def classifier(trained):
+    return Classifier.from_checkpoint(trained.checkpoint)
+
+
+@pytest.mark.parametrize("fmt,out", [("txt", "csv"), ("csv", "jsonl"), ("jsonl", "csv"), ("parquet", "jsonl")])
+def test_predict_each_format_in_input_order(fmt, out, trained, classifier, tmp_path):
+    texts = TEXTS + ["   ", ""] if fmt != "txt" else TEXTS + ["   "]
+    output = tmp_path / f"preds.{out}"
+    predict_cli(trained, "--data.predict_file", str(write_texts(tmp_path, fmt, texts)), "--prediction.output", str(output),
+                "--data.eval_batch_size", "4")
+    rows = read_output(output)
+    expected = classifier.predict(texts)
+    assert [r["text"] for r in rows] == texts
+    assert [str(r["id"]) for r in rows] == [str(i) for i in range(len(texts))]
+    assert [r["label"] or None for r in rows] == [p.label for p in expected]
+    assert expected[-1].label is None and expected[0].label in classifier.class_names
+    first = rows[0]
+    probs = first["probs"] if out == "jsonl" else {n: float(first[f"prob_{n}"]) for n in classifier.class_names}
+    assert sum(probs.values()) == pytest.approx(1, abs=1e-4)
+    assert float(first["score"]) == pytest.approx(max(probs.values()), abs=1e-6)
+    assert float(first["score"]) == pytest.approx(expected[0].score, abs=1e-4)
+
+
+def test_predict_without_file_uses_the_test_split(trained, tmp_path):
+    output = tmp_path / "preds.csv"
+    predict_cli(trained, "--prediction.output", str(output))
+    rows = read_output(output)
+    assert [int(r["id"]) for r in rows] == list(range(80))
+    accuracy = sum(r["label"] == r["true_label"] for r in rows) / len(rows)
+    tested = cli_main(["test", "--ckpt_path", str(trained.checkpoint), "--data.cache_dir", str(trained.cache),
+                       "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                       "--trainer.precision", "32-true"])
+    assert accuracy == pytest.approx(float(tested.trainer.callback_metrics["test_acc"]), abs=1e-6)
+
+
+def test_predict_reports_blank_and_truncates_long_texts(trained, tmp_path, caplog):
+    output = tmp_path / "preds.jsonl"
+    path = write_texts(tmp_path, "txt", ["market " * 2000, "", "goal team"])
+    predict_cli(trained, "--data.predict_file", str(path), "--prediction.output", str(output))
+    err = caplog.text
+    assert "1 of 3 texts" in err and "(ids 1)" in err and "1 texts reached max_length=32" in err
+    assert [r["label"] is None for r in read_output(output)] == [False, True, False]
+
+
+def expect_error(capsys, match, *call):
+    with pytest.raises(SystemExit) as exit_:
+        call[0](*call[1:])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "agnews: error:" in err and match in err and "Traceback" not in err
+    return err
+
+
+def test_predict_refuses_bad_outputs(trained, tmp_path, capsys):
+    path = write_texts(tmp_path, "txt", TEXTS)
+    base = ("--data.predict_file", str(path), "--prediction.output")
+    expect_error(capsys, "folder", predict_cli, trained, *base, str(tmp_path / "missing" / "p.csv"))
+    expect_error(capsys, "use a .csv or .jsonl", predict_cli, trained, *base, str(tmp_path / "p.xlsx"))
+    expect_error(capsys, "--prediction.output FILE", predict_cli, trained, "--data.predict_file", str(path))
+    existing = tmp_path / "p.csv"
+    existing.write_text("keep me")
+    expect_error(capsys, "--prediction.overwrite true", predict_cli, trained, *base, str(existing))
+    assert existing.read_text() == "keep me"
+    predict_cli(trained, *base, str(existing), "--prediction.overwrite", "true")
+    assert len(read_output(existing)) == len(TEXTS)
+
+
+def test_predict_refuses_bad_input_files(trained, tmp_path, capsys):
+    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    out = ("--prediction.output", str(tmp_path / "p.csv"))
+    expect_error(capsys, "line 1 is not valid UTF-8", predict_cli, trained, "--data.predict_file", str(tmp_path / "latin.txt"), *out)
+    (tmp_path / "blank.txt").write_text("\n \n")
+    expect_error(capsys, "every text", predict_cli, trained, "--data.predict_file", str(tmp_path / "blank.txt"), *out)
+    (tmp_path / "t.csv").write_text("title\nhello\n")
+    expect_error(capsys, "no 'text' column", predict_cli, trained, "--data.predict_file", str(tmp_path / "t.csv"), *out)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_api_predictions_do_not_depend_on_batching(classifier):
+    together = classifier.predict_proba(TEXTS)
+    alone = torch.cat([classifier.predict_proba([t]) for t in TEXTS])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    predictions = classifier.predict(TEXTS)
+    assert [p.label for p in predictions] == [classifier.class_names[i] for i in together.argmax(-1)]
+    assert set(predictions[0].probs) == set(classifier.class_names) == {"World", "Sports", "Business", "Sci/Tech"}
+
+
+def test_api_best_last_and_errors(trained):
+    last = Classifier.from_checkpoint("last", log_root=trained.log_root)
+    assert last.checkpoint.name == "last.ckpt" and last.max_length == 32
+    with pytest.raises(AGNewsError, match="must be strings"):
+        last.predict(["ok", None])
+    with pytest.raises(AGNewsError, match="precision 'fp16'"):
+        Classifier.from_checkpoint(trained.checkpoint, precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_fast_inference_variants_agree_with_fp32(precision, trained, classifier):
+    if precision == "bf16" and not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    fast = Classifier.from_checkpoint(trained.checkpoint, precision=precision)
+    if precision == "int8":
+        assert isinstance(fast.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
+    texts = make_rows(20, seed=3)[0]
+    agree = (fast.predict_proba(texts).argmax(-1) == classifier.predict_proba(texts).argmax(-1)).float().mean()
+    assert agree >= 0.9
+
+
+def test_predict_cli_int8_and_bf16_options(trained, tmp_path, capsys):
+    path = write_texts(tmp_path, "txt", TEXTS)
+    cli = predict_cli(trained, "--data.predict_file", str(path), "--prediction.output", str(tmp_path / "a.csv"), "--prediction.int8", "true")
+    assert isinstance(cli.model.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
+    assert str(cli.trainer.precision) == "32-true"  # predict runs fp32 unless asked
+    expect_error(capsys, "choose one fast path", predict_cli, trained, "--data.predict_file", str(path),
+                 "--prediction.output", str(tmp_path / "b.csv"), "--prediction.int8", "true", "--trainer.precision", "bf16-mixed")
+
+
+def test_truncated_checkpoint_is_refused(trained, tmp_path, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(trained.checkpoint.read_bytes()[:5000])
+    with pytest.raises(AGNewsError, match="damaged or truncated"):
+        Classifier.from_checkpoint(broken)
+    expect_error(capsys, "damaged or truncated", predict_cli, trained, "--ckpt_path", str(broken),
+                 "--prediction.output", str(tmp_path / "p.csv"))
