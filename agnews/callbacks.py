@@ -8,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from agnews.errors import AGNewsError
 from agnews.plot import plot_runs
-from agnews.report import run_hparams
+from agnews.report import run_hparams, run_seed
 
 
 class FitSummary(Callback):
@@ -43,6 +43,7 @@ class FitSummary(Callback):
         checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         if checkpoint is not None and checkpoint.best_model_path:
             lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+        lines.append(f"seed: {run_seed()} (also in the run's config.yaml)")
         if self.epoch_seconds:
             mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
             lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")

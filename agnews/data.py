@@ -11,19 +11,47 @@ import lightning as L
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from agnews import backbone
 from agnews.errors import AGNewsError
-from agnews.sampling import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler
+from agnews.sampling import LengthGroupedBatchSampler, ResumableDataLoader, SeededShuffle, SortedBatchSampler
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
 
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", ".arrow")
 # Bump when the layout of the cached tensors changes, so old files are never read as new ones.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+
+
+class DamagedCache(Exception):
+    pass
+
+
+def _checksum(tensors: dict) -> str:
+    digest = hashlib.sha256()
+    for key in ("input_ids", "lengths", "labels"):
+        digest.update(tensors[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_cache(path: Path) -> dict:
+    """A cached split, checked: it loads, its tensors fit together, and their checksum is the one recorded."""
+    try:
+        tensors = torch.load(path, weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, wrong pickle: all mean "not a usable cache"
+        raise DamagedCache(f"does not load ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not isinstance(tensors, dict) or not {"input_ids", "lengths", "labels", "checksum"} <= set(tensors):
+        raise DamagedCache("lacks the expected tensors")
+    lengths = tensors["lengths"]
+    if len(lengths) != len(tensors["labels"]) or int(lengths.long().sum()) != len(tensors["input_ids"]):
+        raise DamagedCache("has tensors of inconsistent shapes")
+    if _checksum(tensors) != tensors["checksum"]:
+        raise DamagedCache("does not match its recorded checksum")
+    return tensors
 
 
 def _is_classic_csv(folder: Path) -> bool:
@@ -269,11 +297,26 @@ class AGNewsDataModule(L.LightningDataModule):
         if hp.max_length > limit:
             raise AGNewsError(f"max_length={hp.max_length} exceeds what {hp.tokenizer!r} accepts ({limit}); set --data.max_length {limit} or less")
         for split, path in paths.items():
-            if path.is_file():
-                rank_zero_info(f"agnews: cache hit for {split}: {path}")
-                continue
-            raw, class_names = loaded = loaded or self._load_raw(splits)
-            self._tokenize_and_save(raw[split], split, class_names, tokenizer, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # one process tokenizes, others wait and then find its file (the write itself is atomic too)
+            with FileLock(path.with_name(f".{path.name}.lock")):
+                if self._valid_cache(path, split):
+                    rank_zero_info(f"agnews: cache hit for {split}: {path}")
+                    continue
+                raw, class_names = loaded = loaded or self._load_raw(splits)
+                self._tokenize_and_save(raw[split], split, class_names, tokenizer, path)
+
+    @staticmethod
+    def _valid_cache(path: Path, split: str) -> bool:
+        if not path.is_file():
+            return False
+        try:
+            read_cache(path)
+            return True
+        except DamagedCache as err:
+            rank_zero_info(f"agnews: warning: the cached {split} split {path} {err}; rebuilding it")
+            path.unlink(missing_ok=True)
+            return False
 
     def _tokenize_and_save(self, ds, split: str, class_names: list[str], tokenizer, path: Path) -> None:
         hp = self.hparams
@@ -307,6 +350,7 @@ class AGNewsDataModule(L.LightningDataModule):
             "class_names": list(class_names),
             "pad_token_id": int(tokenizer.pad_token_id or 0),
         }
+        tensors["checksum"] = _checksum(tensors)
         seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -323,7 +367,10 @@ class AGNewsDataModule(L.LightningDataModule):
         path = self._locate([split])[0][split]
         if not path.is_file():
             raise AGNewsError(f"no tokenized cache for the {split} split at {path}; call prepare_data() first")
-        tensors = torch.load(path, weights_only=True)
+        try:
+            tensors = read_cache(path)
+        except DamagedCache as err:
+            raise AGNewsError(f"the cached {split} split {path} {err}; run again and prepare_data() rebuilds it") from None
         self.class_names = tensors["class_names"]
         self.pad_token_id = tensors["pad_token_id"]
         return tensors
@@ -377,20 +424,26 @@ class AGNewsDataModule(L.LightningDataModule):
         if hp.num_workers > 0:
             # the bulk tokenization above used Rust threads: say so before workers fork, instead of a warning each
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # training order is drawn from seed + epoch, never from the global RNG: a resumed run sees the same batches
+        inner = SeededShuffle(len(dataset), seed=hp.seed) if train else SequentialSampler(dataset)
         if not hp.group_by_length:
-            batching = {"batch_size": batch_size, "shuffle": train}
+            batching = {"batch_sampler": BatchSampler(inner, batch_size, drop_last=False)}
         elif train:
-            sampler = SeededShuffle(len(dataset), seed=hp.seed)
-            batching = {"batch_sampler": LengthGroupedBatchSampler(sampler, batch_size, lengths=dataset.lengths)}
+            batching = {"batch_sampler": LengthGroupedBatchSampler(inner, batch_size, lengths=dataset.lengths)}
         else:
-            batching = {"batch_sampler": SortedBatchSampler(SequentialSampler(dataset), batch_size, lengths=dataset.lengths)}
-        return DataLoader(
-            dataset,
-            collate_fn=PadCollator(self.pad_token_id),
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            **batching,
-        )
+            batching = {"batch_sampler": SortedBatchSampler(inner, batch_size, lengths=dataset.lengths)}
+        kwargs = dict(collate_fn=PadCollator(self.pad_token_id), num_workers=hp.num_workers,
+                      persistent_workers=hp.num_workers > 0, **batching)
+        if not train:
+            return DataLoader(dataset, **kwargs)
+        return ResumableDataLoader(dataset, batches_done=self._batches_done, **kwargs)
+
+    def _batches_done(self, batches_per_epoch: int) -> int:
+        """Batches of the current epoch that a resumed run has already trained on (0 at an epoch's start)."""
+        trainer = self.trainer
+        if trainer is None or batches_per_epoch == 0 or trainer.accumulate_grad_batches != 1:
+            return 0
+        return trainer.global_step % batches_per_epoch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.hparams.batch_size, train=True)

@@ -143,7 +143,8 @@ class AGNewsClassifier(L.LightningModule):
         metric(logits, batch["labels"])
         size = len(batch["labels"])
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size)
+        # evaluation losses are averaged over every process (DDP), as the torchmetrics objects are
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=not on_step)
         self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         return loss, logits
 

@@ -1,6 +1,7 @@
 """The test report: what `test` measured, per class, written next to the checkpoint it evaluated."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,7 +40,14 @@ def run_hparams(pl_module: L.LightningModule, trainer: L.Trainer) -> dict:
     if trainer.datamodule is not None:
         params.update({f"data/{k}": v for k, v in trainer.datamodule.hparams.items() if k != "tokenizer"})
     params["trainer/precision"] = str(trainer.precision)
+    params["seed"] = run_seed()
     return params
+
+
+def run_seed() -> int | None:
+    """The seed `seed_everything` set for this run (LightningCLI also writes it to the run's config.yaml)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else None
 
 
 def log_to_tensorboard(logger: TensorBoardLogger, pl_module, report: dict, results: dict) -> None:

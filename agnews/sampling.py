@@ -1,9 +1,10 @@
 """Length-aware batching: rows of similar length share a batch, so dynamic padding pads little."""
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 
 class SeededShuffle(Sampler[int]):
@@ -40,6 +41,7 @@ class LengthGroupedBatchSampler(BatchSampler):
         self.window_batches = window_batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator: the order is drawn at the first batch, after Lightning's set_epoch, even on a resumed run
         order = torch.tensor(list(self.sampler), dtype=torch.long)
         window = self.batch_size * self.window_batches
         batches = []
@@ -51,7 +53,7 @@ class LengthGroupedBatchSampler(BatchSampler):
             batches = [b for b in batches if len(b) == self.batch_size]
         seed = getattr(self.sampler, "seed", 0) + getattr(self.sampler, "epoch", 0)
         shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
-        return iter([batches[i] for i in shuffle])
+        yield from (batches[i] for i in shuffle)
 
     def __len__(self) -> int:
         # windows are cut from the whole order, so only the last batch of each window can be short
@@ -79,4 +81,18 @@ class SortedBatchSampler(BatchSampler):
         batches = [rows[i : i + self.batch_size].tolist() for i in range(0, len(rows), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        return iter(batches)
+        yield from batches
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that starts each pass at the first batch not trained on yet: `batches_done(len(self))`,
+    asked when the pass begins. A run resumed mid-epoch then continues the interrupted epoch in the same
+    (seeded) order instead of training on its first batches again; on a fresh epoch it is 0."""
+
+    def __init__(self, *args, batches_done: Callable[[int], int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def __iter__(self):
+        skip = self.batches_done(len(self)) if self.batches_done is not None else 0
+        return itertools.islice(super().__iter__(), skip, None)  # lazy: nothing is drawn before set_epoch

@@ -5,14 +5,14 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
 from agnews.callbacks import FitSummary
-from agnews.checkpoints import find_checkpoint, read_checkpoint, runs
+from agnews.checkpoints import SafeCheckpoint, find_checkpoint, read_checkpoint, runs
 from agnews.data import AGNewsDataModule
-from agnews.errors import AGNewsError
+from agnews.errors import AGNewsError, TrainingInterrupted
 from agnews.inference import PredictionWriter
 from agnews.model import AGNewsClassifier
 from agnews.report import TestReport
@@ -30,7 +30,7 @@ def cpu_supports_bf16() -> bool:
 
 class AGNewsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_loss",
@@ -127,6 +127,9 @@ def cli_main(args=None) -> AGNewsCLI:
     except AGNewsError as err:
         print(f"agnews: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingInterrupted as stop:
+        print(f"agnews: {stop}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
 
 
 if __name__ == "__main__":
