@@ -65,6 +65,8 @@ class SafeCheckpoint(ModelCheckpoint):
 
     - SIGINT (Ctrl-C) or SIGTERM during `fit`: the current batch finishes, `last.ckpt` is written at that
       step, and the run stops; `fit --ckpt_path last` continues from there. A second Ctrl-C quits at once.
+    - `last.ckpt` is written after every epoch, as `save_last` promises: Lightning 2.6 only refreshes it when
+      a top-k checkpoint was saved at the same step, which leaves it stale after an epoch without progress.
     - A checkpoint that cannot be written (read-only folder, full disk) stops the run with one clear line;
       Lightning writes to a temporary file and renames it, and the previous best is only deleted after the
       new one is written, so earlier checkpoints stay valid.
@@ -103,6 +105,20 @@ class SafeCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
         super().on_exception(trainer, pl_module, exception)
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)

@@ -86,13 +86,19 @@ class SortedBatchSampler(BatchSampler):
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader that starts each pass at the first batch not trained on yet: `batches_done(len(self))`,
-    asked when the pass begins. A run resumed mid-epoch then continues the interrupted epoch in the same
-    (seeded) order instead of training on its first batches again; on a fresh epoch it is 0."""
+    asked at the pass's first batch (Lightning restores a run's progress after creating the iterator). A run
+    resumed mid-epoch then continues the interrupted epoch in the same (seeded) order instead of training on
+    its first batches again; at an epoch's start it is 0."""
 
     def __init__(self, *args, batches_done: Callable[[int], int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
 
     def __iter__(self):
-        skip = self.batches_done(len(self)) if self.batches_done is not None else 0
-        return itertools.islice(super().__iter__(), skip, None)  # lazy: nothing is drawn before set_epoch
+        iterator = super().__iter__()
+
+        def remaining():  # a generator: nothing is drawn or skipped before the first batch is asked for
+            skip = self.batches_done(len(self)) if self.batches_done is not None else 0
+            yield from itertools.islice(iterator, skip, None)
+
+        return remaining()

@@ -7,6 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import random
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -133,3 +134,14 @@ def trained(tmp_path_factory, tiny_bert):
     ])
     checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
     return SimpleNamespace(root=root, data=data, cache=root / "cache", checkpoint=checkpoint, log_root=root / "lightning_logs")
+
+
+class SignalAtStep(L.Callback):
+    """Sends this process a real signal once training reaches `step` (mid-epoch), as Ctrl-C or `kill` would."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.kill(os.getpid(), self.signum)

@@ -1,0 +1,233 @@
+"""What a crash, a signal, a damaged file or a second process must never cost: each guarantee of the README's
+Reliability section has its test here."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agnews.checkpoints import read_checkpoint
+from agnews.data import AGNewsDataModule, read_cache
+from agnews.train import cli_main
+from tests.conftest import ROOT, make_rows, write_split
+
+
+def fit_args(tiny_bert, data, root, *extra) -> list[str]:
+    return [
+        "--model.backbone", str(tiny_bert), "--model.learning_rate", "1e-2", "--data.batch_size", "16",
+        "--data.dataset", str(data), "--data.max_length", "32", "--data.val_size", "32",
+        "--data.cache_dir", str(root / "cache"), "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
+    ]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(signum, tiny_bert, data_dir, tmp_path):
+    # no dropout: training then draws no random numbers, and a resumed run can be identical, not just similar
+    common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0")
+    reference = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "ref", *common)])
+
+    root = tmp_path / "run"
+    (tmp_path / "signal.yaml").write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
+        f"      init_args: {{step: 13, signum: {int(signum)}}}\n"
+    )
+    # 8 batches per epoch: step 13 is the middle of the second epoch
+    interrupted = subprocess.run(
+        [sys.executable, "-m", "agnews.train", "fit", "--config", str(tmp_path / "signal.yaml"), *fit_args(tiny_bert, data_dir, root, *common)],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300,
+    )
+    assert interrupted.returncode == 128 + signum, interrupted.stderr[-2000:]
+    assert f"{signal.Signals(signum).name}: stopped at epoch 1, step 13" in interrupted.stderr
+    folder = root / "lightning_logs" / "version_0" / "checkpoints"
+    last = read_checkpoint(folder / "last.ckpt")
+    assert last["global_step"] == 13 and last["epoch"] == 1
+    assert "optimizer_states" in last and last["lr_schedulers"]
+    assert len([p for p in folder.glob("epoch=*.ckpt")]) == 1  # the best of the finished epoch, untouched
+
+    resumed = cli_main(["fit", *fit_args(tiny_bert, data_dir, root, *common), "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == reference.trainer.global_step == 24
+    for key in ("val_loss", "val_acc"):
+        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(float(reference.trainer.callback_metrics[key]), abs=1e-6)
+    final = weights(Path(resumed.trainer.checkpoint_callback.last_model_path))
+    expected = weights(Path(reference.trainer.checkpoint_callback.last_model_path))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=1e-5)
+
+
+def val_losses(cli) -> list[float]:
+    summary = next(c for c in cli.trainer.callbacks if type(c).__name__ == "FitSummary")
+    return [v["val_loss"] for v in summary.val_history]
+
+
+def test_same_seed_same_curves_and_the_seed_is_saved(tiny_bert, data_dir, tmp_path, capsys):
+    # default dropout on: the seed decides the masks, the head's initialisation and the batch order
+    runs = [cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / f"r{i}", "--trainer.max_epochs", "2",
+                                       "--seed_everything", "7")]) for i in range(2)]
+    assert val_losses(runs[0]) == val_losses(runs[1]) and len(val_losses(runs[0])) == 2
+    other = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "r2", "--trainer.max_epochs", "2", "--seed_everything", "8")])
+    assert val_losses(other) != val_losses(runs[0])
+    assert "seed: 7" in capsys.readouterr().out
+    config = (tmp_path / "r0" / "lightning_logs" / "version_0" / "config.yaml").read_text()
+    assert "seed_everything: 7" in config
+
+
+def make_dm(data_dir, tiny_bert, cache) -> AGNewsDataModule:
+    return AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, cache_dir=str(cache))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "tampered"])
+def test_damaged_cache_is_detected_and_rebuilt(damage, data_dir, tiny_bert, tmp_path, caplog):
+    make_dm(data_dir, tiny_bert, tmp_path).prepare_data()
+    train = next(p for p in tmp_path.glob("train-*.pt"))
+    good = read_cache(train)
+    if damage == "truncated":
+        train.write_bytes(train.read_bytes()[: train.stat().st_size // 2])
+    elif damage == "garbage":
+        train.write_bytes(os.urandom(4096))
+    else:  # loads fine, shapes fine, one label changed
+        tensors = torch.load(train, weights_only=True)
+        tensors["labels"][0] = (tensors["labels"][0] + 1) % 4
+        torch.save(tensors, train)
+    dm = make_dm(data_dir, tiny_bert, tmp_path)
+    dm.prepare_data()
+    assert "rebuilding it" in caplog.text
+    dm.setup("fit")
+    rebuilt = read_cache(train)
+    assert torch.equal(rebuilt["labels"], good["labels"]) and torch.equal(rebuilt["input_ids"], good["input_ids"])
+
+
+def test_damaged_cache_at_setup_is_a_clear_error(data_dir, tiny_bert, tmp_path):
+    dm = make_dm(data_dir, tiny_bert, tmp_path)
+    dm.prepare_data()
+    train = next(p for p in tmp_path.glob("train-*.pt"))
+    train.write_bytes(b"not a cache")
+    from agnews.errors import AGNewsError
+
+    with pytest.raises(AGNewsError, match="does not load.*prepare_data\\(\\) rebuilds it"):
+        dm.setup("fit")
+
+
+def _prepare(data_dir: str, tiny_bert: str, cache: str, queue) -> None:
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addHandler(handler)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO)
+    make_dm(data_dir, tiny_bert, cache).prepare_data()
+    queue.put(records)
+
+
+def test_two_processes_preparing_one_cache(data_dir, tiny_bert, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    cache = tmp_path / "cache"
+    workers = [context.Process(target=_prepare, args=(str(data_dir), str(tiny_bert), str(cache), queue)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    logs = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    files = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    assert len(files) == 2 and all(f.endswith(".pt") and not f.startswith(".") for f in files)  # train and test
+    for f in files:
+        read_cache(cache / f)
+    misses = [m for log in logs for m in log if "cache miss" in m]
+    assert len(misses) == 2  # each split tokenized once, by one of the two processes; the other waited and reused it
+
+
+def test_checkpoint_write_failure_keeps_earlier_checkpoints(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    from lightning.fabric.plugins.io import torch_io
+
+    saves = []
+    real_save = torch_io._atomic_save
+
+    def save_until_read_only(checkpoint, path):
+        if len(saves) >= 2:  # epoch 1's best and last were written; then the folder turns read-only
+            raise PermissionError(13, "Permission denied", str(path))
+        saves.append(path)
+        real_save(checkpoint, path)
+
+    monkeypatch.setattr(torch_io, "_atomic_save", save_until_read_only)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path, "--trainer.max_epochs", "3")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot write checkpoint" in err and "Permission denied" in err and "earlier checkpoints are kept" in err
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    kept = sorted(p.name for p in folder.iterdir())
+    assert kept == sorted(Path(p).name for p in saves)
+    for name in kept:
+        assert read_checkpoint(folder / name)["epoch"] == 0
+
+
+def test_truncated_checkpoint_is_refused_by_test_and_fit(trained, tmp_path, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(trained.checkpoint.read_bytes()[:-4000])
+    for sub in ("test", "fit"):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main([sub, "--ckpt_path", str(broken), "--data.cache_dir", str(trained.cache), "--data.dataset", str(trained.data),
+                      "--trainer.default_root_dir", str(tmp_path)])
+        assert exit_.value.code == 2
+        assert "damaged or truncated" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_ddp(tiny_bert, data_dir, tmp_path):
+    root = tmp_path / "ddp"
+    args = fit_args(tiny_bert, data_dir, root, "--trainer.max_epochs", "2")
+    run = subprocess.run([sys.executable, "-m", "agnews.train", "fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert log.count("cache miss for train") == 1  # prepared once, by local rank 0
+    runs = list((root / "lightning_logs").iterdir())
+    assert len(runs) == 1
+    checkpoints = sorted(p.name for p in (runs[0] / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best + last, written by rank 0 only
+    # 128 training rows, batch 16: 8 steps per epoch in one process, 4 when each process trains on its half
+    assert read_checkpoint(runs[0] / "checkpoints" / "last.ckpt")["global_step"] == 8
+    best = runs[0] / "checkpoints" / next(c for c in checkpoints if c != "last.ckpt")
+
+    # the validation accuracy DDP logged (synchronised over both halves) is what one process measures
+    single = cli_main(["validate", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "single"),
+                       "--trainer.precision", "bf16-mixed"])
+    ddp_val_acc = float(best.name.split("val_acc=")[1].removesuffix(".ckpt"))
+    assert float(single.trainer.callback_metrics["val_acc"]) == pytest.approx(ddp_val_acc, abs=1e-4)
+
+    tested = cli_main(["test", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "single")])
+    single_report = json.loads((best.parent / "test_report.json").read_text())
+    run = subprocess.run([sys.executable, "-m", "agnews.train", "test", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "t2"),
+                          "--trainer.devices", "2", "--trainer.strategy", "ddp"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp_report = json.loads((best.parent / "test_report.json").read_text())
+    assert ddp_report["accuracy"] == pytest.approx(single_report["accuracy"], abs=1e-6)
+    assert ddp_report["confusion_matrix"] == single_report["confusion_matrix"]
+    assert float(tested.trainer.callback_metrics["test_acc"]) == pytest.approx(single_report["accuracy"], abs=1e-6)
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tiny_bert, data_dir, tmp_path):
+    # the monitored value never improves after epoch 0 (the smallest epoch number is "best")
+    cli = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path, "--trainer.max_epochs", "3",
+                                     "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min")])
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert read_checkpoint(folder / "last.ckpt")["global_step"] == cli.trainer.global_step == 24
+    assert [read_checkpoint(p)["epoch"] for p in folder.glob("epoch=*.ckpt")] == [0]
