@@ -23,7 +23,11 @@ def export(ckpt_path: str, out_dir: str | Path, log_root: str | Path = "lightnin
         raise AGNewsError(f"folder {out.parent} does not exist; create it first")
     classifier = Classifier.from_checkpoint(ckpt_path, log_root=log_root)
     print(f"agnews: export uses checkpoint {classifier.checkpoint}", file=sys.stderr, flush=True)
-    model, tokenizer = classifier.model, classifier.tokenizer
+    module, tokenizer = classifier.model, classifier.tokenizer
+    if module.hparams.pooling != "cls":
+        raise AGNewsError(f"{classifier.checkpoint} was trained with pooling={module.hparams.pooling!r}, which the standard "
+                          f"Hugging Face classification head cannot express; export needs a pooling='cls' model (use the Classifier API instead)")
+    model = module.model
     model.config.id2label = dict(enumerate(classifier.class_names))
     model.config.label2id = {name: i for i, name in enumerate(classifier.class_names)}
     # the pipeline truncates where training did, when called with truncation=True

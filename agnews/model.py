@@ -1,6 +1,7 @@
 """The classifier: a Hugging Face encoder with a sequence-classification head, trained with AdamW."""
 
 import json
+import re
 from typing import Any
 
 import lightning as L
@@ -36,6 +37,33 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter in the encoder: 0 embeddings, i + 1 for layer i, num_layers + 1 pooler and head."""
+    match = re.search(r"\.layer\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if "embeddings" in name else num_layers + 1
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: weight decay by parameter kind and, with `layer_decay` < 1, a learning rate that shrinks
+    by that factor per layer from the head down to the embeddings (layer-wise learning-rate decay)."""
+    groups = weight_decay_groups(model, weight_decay)
+    if layer_decay == 1.0:
+        return groups
+    num_layers = model.config.num_hidden_layers
+    names = {id(p): n for n, p in model.named_parameters()}
+    split = []
+    for group in groups:
+        by_depth: dict[int, list] = {}
+        for param in group["params"]:
+            by_depth.setdefault(layer_depth(names[id(param)], num_layers), []).append(param)
+        for depth, params in sorted(by_depth.items()):
+            lr = learning_rate * layer_decay ** (num_layers + 1 - depth)
+            split.append({"params": params, "weight_decay": group["weight_decay"], "lr": lr})
+    return split
+
+
 class AGNewsClassifier(L.LightningModule):
     def __init__(
         self,
@@ -49,6 +77,9 @@ class AGNewsClassifier(L.LightningModule):
         attention: str | None = None,
         class_names: list[str] | None = None,
         backbone_config: dict[str, Any] | None = None,
+        pooling: str = "cls",
+        label_smoothing: float = 0.0,
+        layer_decay: float = 1.0,
     ):
         """
         Args:
@@ -63,6 +94,12 @@ class AGNewsClassifier(L.LightningModule):
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
+            pooling: `cls` (the model's own head: first token, through BERT's pooler) or `mean` (the average
+                of the last hidden states over real tokens, fed to the classifier layer; BERT-like encoders only,
+                and not exportable to the standard Hugging Face format).
+            label_smoothing: cross-entropy label smoothing (0: off).
+            layer_decay: layer-wise learning-rate decay: each layer below the head trains at this factor of
+                the one above (1: off, one learning rate for all).
         """
         super().__init__()
         if not 0 <= warmup_ratio < 1:
@@ -71,6 +108,12 @@ class AGNewsClassifier(L.LightningModule):
         self.tokenizer = None
         if dropout is not None and not 0 <= dropout < 1:
             raise AGNewsError(f"dropout={dropout} must be in [0, 1)")
+        if pooling not in ("cls", "mean"):
+            raise AGNewsError(f"pooling={pooling!r} must be 'cls' or 'mean'")
+        if not 0 <= label_smoothing < 1:
+            raise AGNewsError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        if not 0 < layer_decay <= 1:
+            raise AGNewsError(f"layer_decay={layer_decay} must be in (0, 1]")
         attention_kwargs = {"attn_implementation": attention} if attention else {}
         if backbone_config is None:
             overrides = backbones.dropout_overrides(backbones.load_config(backbone), dropout)
@@ -85,7 +128,10 @@ class AGNewsClassifier(L.LightningModule):
             self.model.get_input_embeddings().weight.requires_grad_(False)
         if self.model.config.num_labels != num_classes:
             raise AGNewsError(f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}")
-        self.loss_fn = nn.CrossEntropyLoss()
+        if pooling == "mean" and not (hasattr(self.model, "classifier") and hasattr(self.model, "dropout")
+                                      and self.model.classifier.in_features == self.model.config.hidden_size):
+            raise AGNewsError(f"pooling='mean' needs a BERT-like classification head; {type(self.model).__name__} has another")
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
@@ -135,7 +181,12 @@ class AGNewsClassifier(L.LightningModule):
         self._use_attention("sdpa")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.hparams.pooling == "cls":
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.model.classifier(self.model.dropout(pooled))
 
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"])
@@ -174,7 +225,8 @@ class AGNewsClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, hp.weight_decay), lr=hp.learning_rate)
+        groups = parameter_groups(self.model, hp.weight_decay, hp.learning_rate, hp.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

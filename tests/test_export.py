@@ -48,3 +48,16 @@ def test_export_without_runs_says_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_main(["--log_root", str(tmp_path / "lightning_logs"), str(tmp_path / "out")])
     assert "run `python -m agnews.train fit` first" in capsys.readouterr().err
+
+
+def test_export_refuses_a_mean_pooling_model(tiny_bert, data_dir, tmp_path, capsys):
+    from agnews.train import cli_main
+
+    cli_main(["fit", "--model.backbone", str(tiny_bert), "--model.pooling", "mean", "--data.dataset", str(data_dir),
+              "--data.max_length", "32", "--data.val_size", "32", "--data.cache_dir", str(tmp_path / "cache"),
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+    with pytest.raises(SystemExit):
+        export_main(["--log_root", str(tmp_path / "lightning_logs"), str(tmp_path / "out")])
+    assert "pooling='mean'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    texts = make_rows(5, seed=2)[0]
+    assert len(Classifier.from_checkpoint("best", log_root=tmp_path / "lightning_logs").predict(texts)) == len(texts)

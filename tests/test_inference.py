@@ -130,7 +130,7 @@ def test_fast_inference_variants_agree_with_fp32(precision, trained, classifier)
         pytest.skip("this CPU has no native bf16")
     fast = Classifier.from_checkpoint(trained.checkpoint, precision=precision)
     if precision == "int8":
-        assert isinstance(fast.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
+        assert isinstance(fast.model.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
     texts = make_rows(20, seed=3)[0]
     agree = (fast.predict_proba(texts).argmax(-1) == classifier.predict_proba(texts).argmax(-1)).float().mean()
     assert agree >= 0.9

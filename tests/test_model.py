@@ -152,3 +152,40 @@ def test_training_attention_and_evaluation_attention(tmp_path, data_dir, tiny_be
     assert {impl for stage, impl in model.seen if stage == "train"} == {"eager"}
     assert {impl for stage, impl in model.seen if stage == "val"} == {"sdpa"}
     assert [s for s, _ in model.seen].count("val") >= 4  # validation ran mid-epoch, training went on after it
+
+
+def test_layer_decay_scales_learning_rates_from_the_head_down(tiny_bert):
+    from agnews.model import parameter_groups
+
+    model = AGNewsClassifier(backbone=str(tiny_bert))
+    groups = parameter_groups(model.model, 0.01, 1e-3, layer_decay=0.5)
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+    assert set(lr_of) == set(names.values())  # every parameter once
+    # 2 layers: head 1e-3, layer 1 5e-4, layer 0 2.5e-4, embeddings 1.25e-4
+    assert lr_of["classifier.weight"] == pytest.approx(1e-3)
+    assert lr_of["bert.encoder.layer.1.output.dense.weight"] == pytest.approx(5e-4)
+    assert lr_of["bert.encoder.layer.0.output.LayerNorm.weight"] == pytest.approx(2.5e-4)
+    assert lr_of["bert.embeddings.word_embeddings.weight"] == pytest.approx(1.25e-4)
+    assert {g["weight_decay"] for g in groups if any(names[id(p)].endswith("bias") for p in g["params"])} == {0.0}
+    assert len(parameter_groups(model.model, 0.01, 1e-3)) == 2  # off: the two weight-decay groups
+
+
+def test_mean_pooling_and_label_smoothing(tiny_bert):
+    torch.manual_seed(0)
+    cls_model = AGNewsClassifier(backbone=str(tiny_bert)).eval()
+    mean_model = AGNewsClassifier(backbone=str(tiny_bert), pooling="mean", label_smoothing=0.1).eval()
+    mean_model.model.load_state_dict(cls_model.model.state_dict())
+    ids = torch.tensor([[2, 40, 41, 3, 0, 0], [2, 40, 41, 3, 42, 43]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        pooled = mean_model(ids, mask)
+        hidden = mean_model.model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        expected = mean_model.model.classifier(hidden[0, :4].mean(0))
+        torch.testing.assert_close(pooled[0], expected)  # padding is left out of the mean
+        assert not torch.allclose(pooled, cls_model(ids, mask))
+    labels = torch.tensor([0, 1])
+    plain = torch.nn.functional.cross_entropy(pooled, labels)
+    assert mean_model.loss_fn(pooled, labels) > plain  # smoothing puts mass on the wrong classes too
+    with pytest.raises(AGNewsError, match="pooling='max'"):
+        AGNewsClassifier(backbone=str(tiny_bert), pooling="max")
