@@ -211,13 +211,14 @@ class PredictionWriter(BasePredictionWriter):
         self.output = output
         self.overwrite = overwrite
         self.int8 = int8
+        self._path: Path | None = None  # the checked output file, set in setup
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
         if self.output is None:
             raise AGNewsError("predict writes to a file: pass --prediction.output FILE (.csv or .jsonl)")
-        check_output(self.output, self.overwrite)
+        self._path = check_output(self.output, self.overwrite)
         if trainer.world_size > 1:
             raise AGNewsError("predict runs in one process; leave --trainer.devices at 1")
         if self.int8 and "bf16" in str(trainer.precision):
@@ -237,9 +238,8 @@ class PredictionWriter(BasePredictionWriter):
         if dm.predict_texts is not None:  # a file of texts: every input row, blank ones unpredicted
             probs = torch.full((len(dm.predict_texts), len(names)), float("nan"))
             probs[dm.predict_rows] = found
-            write_predictions(Path(self.output).expanduser(), names, probs, range(len(probs)), texts=dm.predict_texts)
+            write_predictions(self._path, names, probs, range(len(probs)), texts=dm.predict_texts)
         else:  # the data set's test split: row ids and true labels
-            dataset = dm.predict_dataloader().dataset
-            true = dataset.labels[dataset.rows]
-            write_predictions(Path(self.output).expanduser(), names, found, dataset.rows.tolist(), true_labels=true)
+            rows = dm.test_set.rows
+            write_predictions(self._path, names, found, rows.tolist(), true_labels=dm.test_set.labels[rows])
         print(f"agnews: {len(found):,} predictions written to {self.output}", flush=True)
