@@ -169,6 +169,14 @@ def load_classifier(name: str, num_labels: int, **overrides):
     return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels, **overrides)
 
 
+def use_attention(model, implementation: str | None) -> None:
+    """Switch a loaded encoder's attention kernel (`eager`, `sdpa`). Encoders written before transformers'
+    attention interface (MPNet) cannot switch and keep their one built-in attention."""
+    if (implementation and getattr(model.config, "_attn_implementation", None) != implementation
+            and model._can_set_attn_implementation()):
+        model.set_attn_implementation(implementation)
+
+
 def dropout_overrides(config, dropout: float | None) -> dict[str, float]:
     """Every dropout probability of an encoder config (BERT's hidden/attention/classifier, DistilBERT's...)."""
     if dropout is None:

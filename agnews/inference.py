@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
+from agnews.backbone import use_attention
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
 from agnews.data import PadCollator, TokenizedDataset, in_original_order
 from agnews.errors import AGNewsError
@@ -86,8 +87,7 @@ class Classifier:
         self.precision = check_precision(precision)
         self.model = model.eval()
         encoder = getattr(model, "model", model)  # the Hugging Face model inside an AGNewsClassifier
-        if getattr(encoder.config, "_attn_implementation", None) != "sdpa":
-            encoder.set_attn_implementation("sdpa")  # the fastest evaluation kernel on a CPU
+        use_attention(encoder, "sdpa")  # the fastest evaluation kernel on a CPU
         if self.precision == "int8":
             quantize_int8(encoder)
         self.tokenizer = tokenizer

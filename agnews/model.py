@@ -176,10 +176,7 @@ class AGNewsClassifier(L.LightningModule):
 
     # Training and evaluation are fastest with different attention kernels on a CPU: switch between them.
     def _use_attention(self, implementation: str | None) -> None:
-        # encoders written before transformers' attention interface (MPNet) run their one built-in attention
-        if (implementation and self.model.config._attn_implementation != implementation
-                and self.model._can_set_attn_implementation()):
-            self.model.set_attn_implementation(implementation)
+        backbones.use_attention(self.model, implementation)
 
     def on_train_start(self) -> None:
         self._use_attention(self.hparams.attention)

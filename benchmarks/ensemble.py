@@ -1,11 +1,13 @@
-"""Does a TF-IDF linear model add to the fine-tuned encoder? Mixes their class probabilities, with the weight
-chosen on the validation split only, and reports validation and test accuracy of each and of the mix.
+"""Do a TF-IDF linear model, or a second fine-tuned encoder, add to the fine-tuned encoder? Averages the encoders'
+class probabilities (equal weights), mixes in TF-IDF + logistic regression with the weight chosen on the
+validation split only, and reports validation and test accuracy of each part and of the mix.
 
     pip install -e ".[bench]"
-    python benchmarks/ensemble.py --ckpt_path CKPT [--data ../shared/data/ag_news] [--precision bf16]
+    python benchmarks/ensemble.py --ckpt_path CKPT [CKPT ...] [--data ../shared/data/ag_news] [--precision bf16]
 
-The validation rows are the ones `fit` held out (same `val_size` and seed, read from the checkpoint), and the
-TF-IDF model is fitted on the same training rows as the encoder.
+The validation rows are the ones `fit` held out (same `val_size` and seed, read from the checkpoints, which
+must agree: an encoder must not have trained on another's validation rows), and the TF-IDF model is fitted on
+the same training rows as the encoders.
 """
 
 import argparse
@@ -30,7 +32,7 @@ from agnews.inference import Classifier  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--ckpt_path", required=True, nargs="+")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ag_news"))
     parser.add_argument("--precision", default="bf16")
     args = parser.parse_args()
@@ -38,7 +40,10 @@ def main() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    settings = read_checkpoint(args.ckpt_path)["datamodule_hyper_parameters"]
+    every = [read_checkpoint(path)["datamodule_hyper_parameters"] for path in args.ckpt_path]
+    settings = every[0]
+    if any((s["seed"], s["val_size"]) != (settings["seed"], settings["val_size"]) for s in every):
+        sys.exit("ensemble.py: the checkpoints hold out different validation rows (data.seed / data.val_size differ)")
     raw, _ = load_raw(args.data)
     train_texts, train_labels = list(raw["train"]["text"]), np.asarray(raw["train"]["label"])
     generator = torch.Generator().manual_seed(settings["seed"])
@@ -54,20 +59,31 @@ def main() -> None:
     linear = LogisticRegression(C=20, max_iter=2000).fit(features, train_labels[train_rows])
     tfidf_seconds = time.perf_counter() - start
 
-    encoder = Classifier.from_checkpoint(args.ckpt_path, precision=args.precision)
-    probs = {}
-    for name, (texts, _) in splits.items():
-        probs[name] = (encoder.predict_proba(texts).numpy(), linear.predict_proba(vectorizer.transform(texts)))
+    encoders = {name: [] for name in splits}
+    for path in args.ckpt_path:
+        encoder = Classifier.from_checkpoint(path, precision=args.precision)
+        for name, (texts, _) in splits.items():
+            encoders[name].append(encoder.predict_proba(texts).numpy())
+    probs = {name: (np.mean(encoders[name], 0), linear.predict_proba(vectorizer.transform(texts)))
+             for name, (texts, _) in splits.items()}
+
+    def correct(name, probabilities):
+        return float((probabilities.argmax(1) == splits[name][1]).mean() * 100)
 
     def accuracy(name, weight):
         enc, lin = probs[name]
-        return float(((1 - weight) * enc + weight * lin).argmax(1).__eq__(splits[name][1]).mean() * 100)
+        return correct(name, (1 - weight) * enc + weight * lin)
 
     weights = np.round(np.arange(0, 1.0001, 0.05), 2)
     best = max(weights, key=lambda w: (accuracy("val", w), -w))  # ties: less TF-IDF
-    print(f"checkpoint {args.ckpt_path}; TF-IDF + logistic regression fitted in {tfidf_seconds:.1f} s on {len(train_rows):,} rows")
+    print(f"TF-IDF + logistic regression fitted in {tfidf_seconds:.1f} s on {len(train_rows):,} rows")
     print("| model | val acc | test acc |\n|---|---:|---:|")
-    for label, w in (("encoder", 0.0), ("TF-IDF + logistic regression", 1.0), (f"mix, TF-IDF weight {best} (chosen on val)", best)):
+    for i, path in enumerate(args.ckpt_path):
+        print(f"| encoder {i + 1}: `{path}` | {correct('val', encoders['val'][i]):.2f}% | {correct('test', encoders['test'][i]):.2f}% |")
+    rows = [("TF-IDF + logistic regression", 1.0), (f"mix, TF-IDF weight {best} (chosen on val)", best)]
+    if len(args.ckpt_path) > 1:
+        rows.insert(0, ("encoders averaged", 0.0))
+    for label, w in rows:
         print(f"| {label} | {accuracy('val', w):.2f}% | {accuracy('test', w):.2f}% |")
 
 
