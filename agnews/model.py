@@ -142,7 +142,8 @@ class AGNewsClassifier(L.LightningModule):
             self.model.get_input_embeddings().weight.requires_grad_(False)
         if self.model.config.num_labels != num_classes:
             raise AGNewsError(f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}")
-        if pooling == "mean" and _head_kind(self.model) is None:
+        self._head_kind = _head_kind(self.model)
+        if pooling == "mean" and self._head_kind is None:
             raise AGNewsError(
                 f"pooling='mean' needs a BERT-like or RoBERTa-like classification head; {type(self.model).__name__} has another"
             )
@@ -200,7 +201,7 @@ class AGNewsClassifier(L.LightningModule):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        if _head_kind(self.model) == "sequence":
+        if self._head_kind == "sequence":
             return self.model.classifier(pooled.unsqueeze(1))  # the head reads position 0: give it the mean there
         return self.model.classifier(self.model.dropout(pooled))
 

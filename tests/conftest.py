@@ -73,43 +73,37 @@ def _save_tokenizer(folder: Path, vocab: list[str]) -> None:
     BertTokenizerFast(vocab=vocab_ids, do_lower_case=True, model_max_length=64).save_pretrained(folder)
 
 
+def _tiny_encoder(tmp_path_factory, name: str, extra_words: list[str], build) -> Path:
+    """Tokenizer + `build(vocab_size)`'s model, saved with save_pretrained: loaded through the real from_pretrained path."""
+    folder = tmp_path_factory.mktemp(name)
+    vocab = _vocab(extra_words)
+    _save_tokenizer(folder, vocab)
+    torch.manual_seed(0)  # the same weights in every session
+    build(len(vocab)).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT saved with save_pretrained: loaded through the real from_pretrained path."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = _vocab([])
-    _save_tokenizer(folder, vocab)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)  # the same weights in every session
-    BertModel(config).save_pretrained(folder)
-    return folder
+    """A 2-layer BERT."""
+    return _tiny_encoder(tmp_path_factory, "tiny-bert", [], lambda size: BertModel(BertConfig(
+        vocab_size=size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64)))
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory) -> Path:
     """A 2-layer DistilBERT with a vocabulary one word larger than tiny_bert's."""
-    folder = tmp_path_factory.mktemp("tiny-distilbert")
-    vocab = _vocab(["headline"])
-    _save_tokenizer(folder, vocab)
-    config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                              max_position_embeddings=64)
-    torch.manual_seed(0)
-    DistilBertModel(config).save_pretrained(folder)
-    return folder
+    return _tiny_encoder(tmp_path_factory, "tiny-distilbert", ["headline"], lambda size: DistilBertModel(DistilBertConfig(
+        vocab_size=size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)))
 
 
 @pytest.fixture(scope="session")
 def tiny_mpnet(tmp_path_factory) -> Path:
     """A 2-layer MPNet (the recipe's architecture: a RoBERTa-style head that reads position 0)."""
-    folder = tmp_path_factory.mktemp("tiny-mpnet")
-    vocab = _vocab([])
-    _save_tokenizer(folder, vocab)
-    config = MPNetConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=66, pad_token_id=0)
-    torch.manual_seed(0)
-    MPNetModel(config).save_pretrained(folder)
-    return folder
+    return _tiny_encoder(tmp_path_factory, "tiny-mpnet", [], lambda size: MPNetModel(MPNetConfig(
+        vocab_size=size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, pad_token_id=0)))
 
 
 @pytest.fixture(scope="session")
