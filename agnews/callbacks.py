@@ -4,11 +4,36 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from agnews.errors import AGNewsError
 from agnews.plot import plot_runs
 from agnews.report import run_hparams, run_seed
+
+
+class EpochEstimate(Callback):
+    """Once the first `batches` training batches have run, one line: seconds per batch, and the minutes an epoch
+    and the whole fit will take at that pace (validation not included)."""
+
+    def __init__(self, batches: int = 20):
+        self.batches = batches
+        self._start: float | None = None
+        self._done = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self._start is None and batch_idx >= 1:  # after the first batch: lazy set-up and warm-up left out
+            self._start, self._first = time.perf_counter(), batch_idx
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        per_epoch = trainer.num_training_batches
+        if self._done or self._start is None or batch_idx + 1 - self._first < min(self.batches, per_epoch - self._first):
+            return
+        self._done = True
+        seconds = (time.perf_counter() - self._start) / (batch_idx + 1 - self._first)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        left = per_epoch * epochs - (trainer.current_epoch * per_epoch + batch_idx + 1)
+        rank_zero_info(f"agnews: {seconds:.2f} s per training batch -> about {seconds * per_epoch / 60:.1f} min per epoch "
+                       f"({per_epoch:,} batches), {seconds * left / 60:.1f} min of training left over {epochs} epoch(s)")
 
 
 class FitSummary(Callback):
@@ -30,17 +55,27 @@ class FitSummary(Callback):
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        entry = {k: float(metrics[k]) for k in ("val_loss", "val_acc") if k in metrics}
+        entry = {k: float(v) for k, v in metrics.items() if k.startswith("val_")}
         self.val_history.append({"epoch": trainer.current_epoch, **entry})
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         lines = ["", "== fit summary =="]
-        scored = [v for v in self.val_history if "val_loss" in v]
-        if scored:
-            best = min(scored, key=lambda v: v["val_loss"])
-            lines.append(f"best val_loss {best['val_loss']:.4f}, val_acc {best.get('val_acc', float('nan')):.4f} (epoch {best['epoch']})")
+        hp = pl_module.hparams
+        data = getattr(trainer.datamodule, "hparams", {})
+        lines.append(f"encoder {hp.get('backbone')}, data {data.get('dataset')}, precision {trainer.precision}")
+        if hp.get("chosen_by"):
+            lines.append(f"chosen by agnews: {hp['chosen_by']}")
         checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        # the epoch the checkpoint kept: by its own monitor and mode (the final epoch when it monitors nothing)
+        monitor = checkpoint.monitor if checkpoint is not None and checkpoint.monitor else None
+        scored = [v for v in self.val_history if monitor is None or monitor in v]
+        best = None
+        if scored:
+            pick = max if checkpoint is not None and checkpoint.mode == "max" else min
+            best = pick(scored, key=lambda v: v[monitor]) if monitor else scored[-1]
+            figures = ", ".join(f"{k} {best[k]:.4f}" for k in ("val_loss", "val_acc", "val_f1") if k in best)
+            lines.append(f"kept epoch {best['epoch']} ({'best ' + monitor if monitor else 'final epoch'}): {figures}")
         if checkpoint is not None and checkpoint.best_model_path:
             lines.append(f"best checkpoint: {checkpoint.best_model_path}")
         lines.append(f"seed: {run_seed()} (also in the run's config.yaml)")
@@ -48,9 +83,10 @@ class FitSummary(Callback):
             mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
             lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")
         if isinstance(trainer.logger, TensorBoardLogger):
-            if scored:  # final figures beside the settings, so runs compare side by side in the HPARAMS tab
+            if best is not None:  # the kept epoch's figures beside the settings, so runs compare in the HPARAMS tab
                 trainer.logger.log_hyperparams(run_hparams(pl_module, trainer),
-                                               {"hp_best_val_loss": best["val_loss"], "hp_best_val_acc": best.get("val_acc", 0.0)})
+                                               {"hp_best_val_loss": best.get("val_loss", float("nan")),
+                                                "hp_best_val_acc": best.get("val_acc", float("nan"))})
             trainer.logger.experiment.flush()
             try:
                 lines.append(f"curves: {plot_runs([Path(trainer.logger.log_dir)], Path(trainer.logger.log_dir) / 'curves.png')}")

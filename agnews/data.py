@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from agnews import backbone
 from agnews.errors import AGNewsError
+from agnews.sources import hub_status
 from agnews.sampling import LengthGroupedBatchSampler, ResumableDataLoader, SeededShuffle, SortedBatchSampler
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
 
@@ -94,14 +96,11 @@ def load_raw(dataset: str):
         elif path.exists() or dataset.startswith((".", "/", "~")):
             raise AGNewsError(f"dataset folder {dataset!r} does not exist; check --data.dataset")
         else:
-            raw = datasets.load_dataset(dataset)
+            raw = _load_from_hub(dataset)
     except AGNewsError:
         raise
     except ConnectionError:
-        raise AGNewsError(
-            f"cannot download dataset {dataset!r}: the Hugging Face hub is unreachable and no copy is cached; "
-            f"pass a local folder (e.g. --data.dataset ../shared/data/ag_news or configs/offline.yaml)"
-        ) from None
+        raise _unreachable(dataset, "the Hugging Face hub is unreachable") from None
     except (FileNotFoundError, ValueError) as err:
         raise AGNewsError(f"cannot load dataset {dataset!r}: {str(err).splitlines()[0]}") from None
     except Exception as err:
@@ -109,6 +108,27 @@ def load_raw(dataset: str):
             raise AGNewsError(f"dataset {dataset!r} not found on the Hugging Face hub; check the id or pass a local folder") from None
         raise
     return raw, _class_names(raw)
+
+
+def _unreachable(dataset: str, why: str) -> AGNewsError:
+    return AGNewsError(
+        f"cannot download dataset {dataset!r}: {why} and no copy is cached; pass a local folder "
+        f"(--data.dataset FOLDER), or leave --data.dataset unset for the AG News rows bundled in data/ag_news"
+    )
+
+
+def _load_from_hub(dataset: str):
+    import datasets
+
+    online, why = hub_status()
+    if online:
+        return datasets.load_dataset(dataset)
+    # the probe said no: read the local cache only, instead of retrying the network for half a minute
+    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+        try:
+            return datasets.load_dataset(dataset)
+        except Exception:
+            raise _unreachable(dataset, why) from None
 
 
 def _class_names(raw) -> list[str]:

@@ -24,11 +24,12 @@ from agnews.backbone import use_attention
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
 from agnews.data import PadCollator, TokenizedDataset, in_original_order
 from agnews.errors import AGNewsError
+from agnews.precision import choose
 from agnews.sampling import SortedBatchSampler
 from agnews.texts import encode
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
-PRECISIONS = ("32", "bf16", "int8")
+PRECISIONS = ("auto", "32", "bf16", "int8")
 
 
 # ---- the model on a CPU ----
@@ -55,15 +56,12 @@ def autocast(precision: str):
 
 
 def check_precision(precision: str) -> str:
+    """`auto` resolved for this CPU (bf16 where native, else 32); a named one kept (warned if bf16 is emulated)."""
     precision = str(precision)
     if precision not in PRECISIONS:
-        raise AGNewsError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (32: fp32; bf16: autocast; int8: dynamic quantization)")
-    if precision == "bf16":
-        from agnews.train import cpu_supports_bf16
-
-        if not cpu_supports_bf16():
-            raise AGNewsError("this CPU has no native bf16, where bf16 is slower than fp32; use precision 32 or int8")
-    return precision
+        raise AGNewsError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} "
+                          f"(auto: bf16 where the CPU has it natively, else 32; 32: fp32; bf16: autocast; int8: dynamic quantization)")
+    return choose(precision, "cpu", fast="bf16", plain="32")
 
 
 @dataclass(frozen=True)
@@ -77,12 +75,12 @@ class Classifier:
     """A trained classifier for plain Python: `Classifier.from_checkpoint("best").predict(["text", ...])`."""
 
     def __init__(self, model: nn.Module, tokenizer, class_names: Sequence[str], max_length: int = 128,
-                 batch_size: int = 64, precision: str = "32"):
+                 batch_size: int = 64, precision: str = "auto"):
         """
         Args:
             model: an `AGNewsClassifier`, or a Hugging Face sequence-classification model.
-            precision: `32` (fp32), `bf16` (autocast, where the CPU has native bf16) or `int8` (dynamic
-                quantization of the linear layers). See the README's inference table for speed and accuracy.
+            precision: `auto` (bf16 where the CPU runs it natively, else fp32), `32` (fp32), `bf16` (autocast)
+                or `int8` (dynamic quantization of the linear layers). See the README's inference table.
         """
         self.precision = check_precision(precision)
         self.model = model.eval()

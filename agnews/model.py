@@ -88,12 +88,13 @@ class AGNewsClassifier(L.LightningModule):
         warmup_ratio: float = 0.1,
         freeze_embeddings: bool = False,
         dropout: float | None = None,
-        attention: str | None = None,
+        attention: str | None = "auto",
         class_names: list[str] | None = None,
         backbone_config: dict[str, Any] | None = None,
         pooling: str = "cls",
         label_smoothing: float = 0.0,
         layer_decay: float = 1.0,
+        chosen_by: str | None = None,
     ):
         """
         Args:
@@ -104,7 +105,8 @@ class AGNewsClassifier(L.LightningModule):
             dropout: replaces every dropout probability of the encoder and head (None: keep the pretrained ones).
                 On a CPU, drawing dropout masks costs about a fifth of a training step.
             attention: attention implementation while training (`eager`, `sdpa`; None: the transformers
-                default). Evaluation always runs SDPA, the fastest there (benchmarks/profile_step.py, README).
+                default, SDPA; `auto`: eager under bf16 autocast, where SDPA's CPU kernel is slow, SDPA under
+                fp32). Evaluation always runs SDPA, the fastest there (benchmarks/profile_step.py, docs).
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
@@ -114,6 +116,8 @@ class AGNewsClassifier(L.LightningModule):
             label_smoothing: cross-entropy label smoothing (0: off).
             layer_decay: layer-wise learning-rate decay: each layer below the head trains at this factor of
                 the one above (1: off, one learning rate for all).
+            chosen_by: set by the CLI when it chose the encoder and data (hub or offline default), saying which
+                and why; kept in the checkpoint for the test report and TensorBoard's HPARAMS.
         """
         super().__init__()
         if not 0 <= warmup_ratio < 1:
@@ -128,7 +132,9 @@ class AGNewsClassifier(L.LightningModule):
             raise AGNewsError(f"label_smoothing={label_smoothing} must be in [0, 1)")
         if not 0 < layer_decay <= 1:
             raise AGNewsError(f"layer_decay={layer_decay} must be in (0, 1]")
-        attention_kwargs = {"attn_implementation": attention} if attention else {}
+        if attention not in (None, "auto", "eager", "sdpa"):
+            raise AGNewsError(f"attention={attention!r} must be auto, eager or sdpa")
+        attention_kwargs = {"attn_implementation": attention} if attention in ("eager", "sdpa") else {}
         if backbone_config is None:
             overrides = backbones.dropout_overrides(backbones.load_config(backbone), dropout)
             self.model = backbones.load_classifier(backbone, num_classes, **overrides, **attention_kwargs)
@@ -179,15 +185,20 @@ class AGNewsClassifier(L.LightningModule):
     def _use_attention(self, implementation: str | None) -> None:
         backbones.use_attention(self.model, implementation)
 
+    def training_attention(self) -> str | None:
+        if self.hparams.attention != "auto":
+            return self.hparams.attention
+        return "eager" if "bf16" in str(self.trainer.precision) else "sdpa"
+
     def on_train_start(self) -> None:
-        self._use_attention(self.hparams.attention)
+        self._use_attention(self.training_attention())
 
     def on_validation_start(self) -> None:
         self._use_attention("sdpa")
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "fit":
-            self._use_attention(self.hparams.attention)
+            self._use_attention(self.training_attention())
 
     def on_test_start(self) -> None:
         self._use_attention("sdpa")

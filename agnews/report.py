@@ -69,6 +69,8 @@ def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
     metrics = trainer.callback_metrics
     return {
         "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        "encoder": pl_module.hparams.get("backbone"),
+        "chosen_by": pl_module.hparams.get("chosen_by"),
         "dataset": getattr(datamodule, "hparams", {}).get("dataset") if datamodule else None,
         "split": "test",
         "rows": int(confusion.sum()),
@@ -97,6 +99,7 @@ def render_markdown(report: dict) -> str:
         "# Test report",
         "",
         f"- checkpoint: `{report['checkpoint']}`",
+        f"- encoder: `{report['encoder']}`" + (f" ({report['chosen_by']})" if report.get("chosen_by") else ""),
         f"- data: `{report['dataset']}`, split `{report['split']}`, {report['rows']:,} rows, {report['seconds']:.1f} s",
         f"- accuracy **{100 * report['accuracy']:.2f}%**, average loss {report['loss']:.4f}, macro-F1 {report['macro_f1']:.4f}",
         "",

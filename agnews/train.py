@@ -4,28 +4,31 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
+import lightning as L
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
-from agnews.callbacks import FitSummary
+from agnews.callbacks import EpochEstimate, FitSummary
 from agnews.checkpoints import SafeCheckpoint, find_checkpoint, read_checkpoint, runs
 from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError, TrainingInterrupted
 from agnews.inference import PredictionWriter
 from agnews.model import AGNewsClassifier
+from agnews.precision import AUTO, choose
 from agnews.report import TestReport
+from agnews.sources import choose_defaults
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 
-def cpu_supports_bf16() -> bool:
-    """Native bf16 matrix units (AVX512-BF16 or AMX): without them bf16 on a CPU is emulated and slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+class Trainer(L.Trainer):
+    """Lightning's Trainer, plus `precision="auto"` (the default): bf16-mixed where the hardware runs bf16
+    natively, 32-true elsewhere, said in one line. A named precision is passed on as it is."""
+
+    def __init__(self, *args, accelerator="auto", precision: str | int | None = AUTO, **kwargs):
+        super().__init__(*args, accelerator=accelerator, precision=choose(precision, accelerator), **kwargs)
 
 
 class AGNewsCLI(LightningCLI):
@@ -44,12 +47,6 @@ class AGNewsCLI(LightningCLI):
         # one name for both, so the tokenizer can never disagree with the encoder
         parser.link_arguments("model.backbone", "data.tokenizer")
 
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":  # fast inference paths are opt-in: --trainer.precision bf16-mixed, --prediction.int8
-            parser.set_defaults({"trainer.precision": "32-true"})
-        return parser
-
     def _log_root(self, config) -> Path:
         return Path(config.trainer.get("default_root_dir") or ".") / "lightning_logs"
 
@@ -59,6 +56,7 @@ class AGNewsCLI(LightningCLI):
         if sub is None:
             return
         config = self.config[sub]
+        self._given = given_settings(args, sub)
         if sub in EVAL_SUBCOMMANDS or config.get("ckpt_path"):
             # resolved before instantiation, so LightningCLI rebuilds the model from the checkpoint's own
             # hyperparameters (backbone config included) instead of downloading the backbone named on the CLI
@@ -71,24 +69,36 @@ class AGNewsCLI(LightningCLI):
         if sub is None:
             return
         config = self.config[sub]
-        self._resolve_precision(config.trainer)
+        if sub == "predict" and config.prediction.int8 and str(config.trainer.precision) == AUTO:
+            config.trainer.precision = "32-true"  # int8 layers take fp32 inputs, not bf16
         if sub in EVAL_SUBCOMMANDS:
-            self._settings_from_checkpoint(config, sub)
+            self._settings_from_checkpoint(config)
+        else:
+            self._choose_sources(config)
 
-    def _resolve_precision(self, trainer) -> None:
-        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-        if on_cpu and str(trainer.precision).startswith("bf16") and not cpu_supports_bf16():
-            print(f"agnews: this CPU has no native bf16; precision {trainer.precision} -> 32-true", file=sys.stderr, flush=True)
-            trainer.precision = "32-true"
+    def _choose_sources(self, config) -> None:
+        model, data, line = choose_defaults(self._given["model"], self._given["data"])
+        if line is None:
+            return
+        print(f"agnews: {line}", file=sys.stderr, flush=True)
+        for key, value in model.items():
+            config.model[key] = value
+        for key, value in data.items():
+            config.data[key] = value
+        config.model.chosen_by = line
+        config.data.tokenizer = config.model.backbone
 
-    def _settings_from_checkpoint(self, config, sub: str) -> None:
+    def _settings_from_checkpoint(self, config) -> None:
         checkpoint = self._checkpoint
-        # data settings the user left at their defaults come from the run that wrote the checkpoint
+        # data settings the user did not give come from the run that wrote the checkpoint
         saved = checkpoint.get("datamodule_hyper_parameters", {})
-        defaults = self._parser(sub).get_defaults().data
+        inherited = []
         for key, value in saved.items():
-            if key in defaults and key != "tokenizer" and config.data[key] == defaults[key]:
+            if key in config.data and key not in ("tokenizer", *self._given["data"]) and config.data[key] != value:
                 config.data[key] = value
+                inherited.append(f"{key}={value}")
+        if inherited:
+            print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)
         files = checkpoint.get(CHECKPOINT_FILES_KEY)
         if not files:
             raise AGNewsError(f"checkpoint {config.ckpt_path} carries no tokenizer; it was not written by agnews")
@@ -107,19 +117,57 @@ class AGNewsCLI(LightningCLI):
             raise
 
 
+def given_settings(args, sub: str) -> dict[str, set[str]]:
+    """The model and data settings the user gave, in `--config` files or as flags (`--model.x`, `--data.x`,
+    `--model FILE_OR_DICT`), as opposed to those left at their defaults. (jsonargparse's parse without defaults
+    cannot tell, since the backbone -> tokenizer link requires its source.)"""
+    given: dict[str, set[str]] = {"model": set(), "data": set()}
+    if isinstance(args, dict):
+        args = args.get(sub, args)
+        for part in given:
+            given[part] |= set(args.get(part) or {})
+        return given
+    items = [str(a) for a in (sys.argv[1:] if args is None else args)]
+
+    def from_mapping(mapping, part=None) -> None:
+        if not isinstance(mapping, dict):
+            return
+        mapping = mapping.get(sub, mapping) if isinstance(mapping.get(sub), dict) else mapping
+        for name in ([part] if part else list(given)):
+            section = mapping if part else mapping.get(name)
+            given[name] |= set(section) if isinstance(section, dict) else set()
+
+    def load(value: str):
+        path = Path(value).expanduser()
+        return yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(value)
+
+    for i, item in enumerate(items):
+        key, eq, value = item.partition("=")
+        value = value if eq else (items[i + 1] if i + 1 < len(items) else "")
+        if key == "--config":
+            from_mapping(load(value))
+        elif key in ("--model", "--data"):
+            from_mapping(load(value), key[2:])
+        elif key.startswith(("--model.", "--data.")):
+            part, _, name = key[2:].partition(".")
+            given[part].add(name.split(".")[0])
+    return given
+
+
 def cli_main(args=None) -> AGNewsCLI:
     try:
         return AGNewsCLI(
             AGNewsClassifier,
             AGNewsDataModule,
+            trainer_class=Trainer,
             seed_everything_default=42,
             trainer_defaults={
                 "accelerator": "cpu",
                 "devices": 1,
-                "max_epochs": 5,
-                "precision": "bf16-mixed",
+                "max_epochs": 2,
+                "precision": AUTO,
                 "log_every_n_steps": 50,
-                "callbacks": [LearningRateMonitor(logging_interval="step"), FitSummary(), TestReport()],
+                "callbacks": [LearningRateMonitor(logging_interval="step"), EpochEstimate(), FitSummary(), TestReport()],
             },
             save_config_kwargs={"overwrite": True},
             args=args,

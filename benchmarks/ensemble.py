@@ -33,7 +33,7 @@ from agnews.inference import Classifier  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True, nargs="+")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--precision", default="bf16")
     args = parser.parse_args()
 

@@ -25,13 +25,13 @@ sys.path.insert(0, str(ROOT))
 from agnews.data import load_raw  # noqa: E402
 from agnews.export import export  # noqa: E402
 from agnews.inference import Classifier  # noqa: E402
-from agnews.train import cpu_supports_bf16  # noqa: E402
+from agnews.precision import cpu_bf16  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", default="best", help="a .ckpt file or best/last of the latest run (default: best)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--rows", type=int, default=None, help="first N test rows only (quick check)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
@@ -42,7 +42,7 @@ def main() -> None:
     texts, labels = list(test["text"]), torch.tensor(list(test["label"]))
     print(f"{len(texts):,} test rows, {torch.get_num_threads()} threads, batch {args.batch_size}")
 
-    precisions = ["32", "bf16", "int8"] if cpu_supports_bf16() else ["32", "int8"]
+    precisions = ["32", "bf16", "int8"] if cpu_bf16()[0] else ["32", "int8"]
     classifiers = {p: Classifier.from_checkpoint(args.ckpt_path, precision=p, batch_size=args.batch_size) for p in precisions}
     print(f"checkpoint: {classifiers['32'].checkpoint}, max_length {classifiers['32'].max_length}")
 

@@ -76,7 +76,7 @@ def main() -> None:
     import datasets
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--sizes", nargs="*", type=int, default=[500, 1000, 2500, 5000, 0], help="0: all rows")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)

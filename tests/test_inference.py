@@ -6,7 +6,8 @@ import torch
 
 from agnews.errors import AGNewsError
 from agnews.inference import Classifier
-from agnews.train import cli_main, cpu_supports_bf16
+from agnews.precision import cpu_bf16
+from agnews.train import cli_main
 from tests.conftest import make_rows
 from tests.test_texts import write_texts
 
@@ -15,9 +16,11 @@ TEXTS = [" ".join(words) for words in (["market"] * n + ["profit", "today"] for 
 TEXTS += make_rows(3, seed=7)[0]
 
 
-def predict_cli(trained, *args):
+def predict_cli(trained, *args, precision: str | None = "32-true"):
+    """`predict` in fp32 unless told (the comparisons below are against the fp32 API)."""
+    chosen = ["--trainer.precision", precision] if precision else []
     return cli_main(["predict", "--ckpt_path", str(trained.checkpoint), "--data.cache_dir", str(trained.cache),
-                     "--trainer.default_root_dir", str(trained.root), "--trainer.enable_progress_bar", "false", *args])
+                     "--trainer.default_root_dir", str(trained.root), "--trainer.enable_progress_bar", "false", *chosen, *args])
 
 
 def read_output(path):
@@ -29,7 +32,7 @@ def read_output(path):
 
 @pytest.fixture(scope="module")
 def classifier(trained):
-    return Classifier.from_checkpoint(trained.checkpoint)
+    return Classifier.from_checkpoint(trained.checkpoint, precision="32")
 
 
 @pytest.mark.parametrize("fmt,out", [("txt", "csv"), ("csv", "jsonl"), ("jsonl", "csv"), ("parquet", "jsonl")])
@@ -53,13 +56,12 @@ def test_predict_each_format_in_input_order(fmt, out, trained, classifier, tmp_p
 
 def test_predict_without_file_uses_the_test_split(trained, tmp_path):
     output = tmp_path / "preds.csv"
-    predict_cli(trained, "--prediction.output", str(output))
+    predict_cli(trained, "--prediction.output", str(output), precision=None)  # auto, as test below
     rows = read_output(output)
     assert [int(r["id"]) for r in rows] == list(range(80))
     accuracy = sum(r["label"] == r["true_label"] for r in rows) / len(rows)
     tested = cli_main(["test", "--ckpt_path", str(trained.checkpoint), "--data.cache_dir", str(trained.cache),
-                       "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                       "--trainer.precision", "32-true"])
+                       "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     assert accuracy == pytest.approx(float(tested.trainer.callback_metrics["test_acc"]), abs=1e-6)
 
 
@@ -126,7 +128,7 @@ def test_api_best_last_and_errors(trained):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_fast_inference_variants_agree_with_fp32(precision, trained, classifier):
-    if precision == "bf16" and not cpu_supports_bf16():
+    if precision == "bf16" and not cpu_bf16()[0]:
         pytest.skip("this CPU has no native bf16")
     fast = Classifier.from_checkpoint(trained.checkpoint, precision=precision)
     if precision == "int8":
@@ -138,9 +140,10 @@ def test_fast_inference_variants_agree_with_fp32(precision, trained, classifier)
 
 def test_predict_cli_int8_and_bf16_options(trained, tmp_path, capsys):
     path = write_texts(tmp_path, "txt", TEXTS)
-    cli = predict_cli(trained, "--data.predict_file", str(path), "--prediction.output", str(tmp_path / "a.csv"), "--prediction.int8", "true")
+    cli = predict_cli(trained, "--data.predict_file", str(path), "--prediction.output", str(tmp_path / "a.csv"),
+                      "--prediction.int8", "true", precision=None)
     assert isinstance(cli.model.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
-    assert str(cli.trainer.precision) == "32-true"  # predict runs fp32 unless asked
+    assert str(cli.trainer.precision) == "32-true"  # int8 takes fp32 inputs: auto resolves to fp32
     expect_error(capsys, "choose one fast path", predict_cli, trained, "--data.predict_file", str(path),
                  "--prediction.output", str(tmp_path / "b.csv"), "--prediction.int8", "true", "--trainer.precision", "bf16-mixed")
 
@@ -152,3 +155,9 @@ def test_truncated_checkpoint_is_refused(trained, tmp_path, capsys):
         Classifier.from_checkpoint(broken)
     expect_error(capsys, "damaged or truncated", predict_cli, trained, "--ckpt_path", str(broken),
                  "--prediction.output", str(tmp_path / "p.csv"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_api_precision_is_auto_by_default(native, trained, monkeypatch):
+    monkeypatch.setattr("agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16"))
+    assert Classifier.from_checkpoint(trained.checkpoint).precision == ("bf16" if native else "32")

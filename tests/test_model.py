@@ -88,7 +88,7 @@ def test_unknown_backbone_folder():
 
 
 def test_unreachable_hub_backbone():
-    with pytest.raises(AGNewsError, match="hub is unreachable"):
+    with pytest.raises(AGNewsError, match="cannot download backbone config 'distilbert-base-uncased': HF_HUB_OFFLINE is set"):
         AGNewsClassifier(backbone="distilbert-base-uncased")
 
 
@@ -131,25 +131,32 @@ def test_fast_path_options_survive_the_checkpoint(tmp_path, data_dir, tiny_bert)
     assert not loaded.model.get_input_embeddings().weight.requires_grad
 
 
-def test_training_attention_and_evaluation_attention(tmp_path, data_dir, tiny_bert):
-    class Spy(AGNewsClassifier):
-        seen: list = []
+class Spy(AGNewsClassifier):
+    """Records the attention kernel each training and validation step ran with."""
 
-        def training_step(self, batch, batch_idx):
-            self.seen.append(("train", self.model.config._attn_implementation))
-            return super().training_step(batch, batch_idx)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
 
-        def validation_step(self, batch, batch_idx):
-            self.seen.append(("val", self.model.config._attn_implementation))
-            return super().validation_step(batch, batch_idx)
+    def training_step(self, batch, batch_idx):
+        self.seen.append(("train", self.model.config._attn_implementation))
+        return super().training_step(batch, batch_idx)
 
+    def validation_step(self, batch, batch_idx):
+        self.seen.append(("val", self.model.config._attn_implementation))
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("attention, precision, trained", [("eager", "32-true", "eager"), ("auto", "bf16-mixed", "eager"),
+                                                            ("auto", "32-true", "sdpa")])
+def test_training_attention_and_evaluation_attention(attention, precision, trained, tmp_path, data_dir, tiny_bert):
     dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, val_size=32,
                           batch_size=32, cache_dir=str(tmp_path / "cache"))
-    model = Spy(backbone=str(tiny_bert), attention="eager")
+    model = Spy(backbone=str(tiny_bert), attention=attention)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, val_check_interval=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+                        enable_progress_bar=False, enable_model_summary=False, precision=precision)
     trainer.fit(model, datamodule=dm)
-    assert {impl for stage, impl in model.seen if stage == "train"} == {"eager"}
+    assert {impl for stage, impl in model.seen if stage == "train"} == {trained}
     assert {impl for stage, impl in model.seen if stage == "val"} == {"sdpa"}
     assert [s for s, _ in model.seen].count("val") >= 4  # validation ran mid-epoch, training went on after it
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agnews.precision import CPU
 from agnews.train import cli_main
 from tests.conftest import ROOT
 
@@ -98,12 +99,22 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "native, flags, expected",
-    [(True, [], "bf16-mixed"), (False, [], "32-true"), (True, ["--trainer.precision", "32-true"], "32-true")],
+    "native, flags, expected, says",
+    [
+        (True, [], "bf16-mixed", "precision auto -> bf16-mixed (CPU Test CPU: amx_bf16; native bf16)"),
+        (False, [], "32-true", "precision auto -> 32-true (CPU Test CPU: no avx512_bf16/amx_bf16; bf16 would be emulated"),
+        (True, ["--trainer.precision", "32-true"], "32-true", None),
+        (False, ["--trainer.precision", "bf16-mixed"], "bf16-mixed", "warning: precision bf16-mixed on CPU Test CPU"),
+    ],
 )
-def test_bf16_by_default_where_the_cpu_has_it(native, flags, expected, tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+def test_precision_follows_the_cpu_unless_named(native, flags, expected, says, tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("agnews.train.cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr("agnews.precision.cpu", lambda: CPU("Test CPU", frozenset()))
+    monkeypatch.setattr("agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16"))
     cli = cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.fast_dev_run", "1", *flags])
     assert cli.trainer.precision == expected
-    assert ("no native bf16; precision bf16-mixed -> 32-true" in capsys.readouterr().err) == (not native)
+    err = capsys.readouterr().err
+    if says:
+        assert sum(says in line for line in err.splitlines()) == 1
+    else:
+        assert "precision" not in err

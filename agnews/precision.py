@@ -1,0 +1,107 @@
+"""Which numeric precision is fast on this machine.
+
+bf16 only pays on a CPU with native bf16 units (AVX512-BF16 or AMX: AMD Zen 4+, Intel Cooper Lake, Sapphire
+Rapids and later). Elsewhere oneDNN emulates it, 3-4x slower than fp32, although torch still reports bf16 as
+"supported" there. `auto` picks by those flags (Linux) or, where no flags can be read, by a short matmul probe.
+"""
+
+import functools
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+AUTO = "auto"
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Where no CPU flags can be read: bf16 must beat fp32 by this factor on a matmul to be chosen.
+PROBE_MIN_SPEEDUP = 1.3
+
+
+@dataclass(frozen=True)
+class CPU:
+    model: str
+    flags: frozenset[str] | None  # None where the OS does not tell
+
+    @property
+    def bf16_flags(self) -> list[str]:
+        return [f for f in CPU_BF16_FLAGS if self.flags and f in self.flags]
+
+
+def _read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> CPU:
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return CPU(model, flags)
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and model in ("", platform.machine(), platform.processor()):
+            model = value.strip()
+        elif key in ("flags", "features") and flags is None:  # x86: flags; Arm: Features
+            flags = frozenset(value.split())
+    return CPU(model, flags)
+
+
+@functools.cache
+def cpu() -> CPU:
+    return _read_cpuinfo()
+
+
+def _matmul_seconds(dtype: torch.dtype, n: int = 512, repeat: int = 8) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        torch.matmul(a, b)
+    return time.perf_counter() - start
+
+
+@functools.cache
+def cpu_bf16() -> tuple[bool, str]:
+    """(native bf16 on this CPU, why), e.g. (True, "amx_bf16") or (False, "no avx512_bf16/amx_bf16")."""
+    info = cpu()
+    if info.flags is not None and platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        found = info.bf16_flags
+        return (True, "/".join(found)) if found else (False, f"no {'/'.join(CPU_BF16_FLAGS)}")
+    speedup = _matmul_seconds(torch.float32) / _matmul_seconds(torch.bfloat16)
+    return speedup >= PROBE_MIN_SPEEDUP, f"bf16 matmul {speedup:.1f}x fp32 (probe)"
+
+
+def on_cpu(accelerator) -> bool:
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower().replace("accelerator", "")
+    if name == "auto":
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return name == "cpu"
+
+
+def is_bf16(precision) -> bool:
+    return "bf16" in str(precision)
+
+
+def _say(message: str) -> None:
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        print(f"agnews: {message}", file=sys.stderr, flush=True)
+
+
+def choose(precision, accelerator="cpu", *, fast: str = "bf16-mixed", plain: str = "32-true"):
+    """Resolve `auto` for this machine (one line says what and why); keep a named precision, warning once when
+    it is bf16 on a CPU that only emulates it. `fast`/`plain` name the two choices in the caller's vocabulary."""
+    if precision is None or str(precision) == AUTO:
+        if not on_cpu(accelerator):  # GPUs: bf16 where the card has it (Ampere and later)
+            chosen = fast if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else plain
+            _say(f"precision auto -> {chosen} (GPU)")
+            return chosen
+        native, why = cpu_bf16()
+        chosen = fast if native else plain
+        reason = "native bf16" if native else "bf16 would be emulated, 3-4x slower than fp32"
+        _say(f"precision auto -> {chosen} (CPU {cpu().model}: {why}; {reason})")
+        return chosen
+    if is_bf16(precision) and on_cpu(accelerator) and not cpu_bf16()[0]:
+        _say(f"warning: precision {precision} on CPU {cpu().model} ({cpu_bf16()[1]}) is emulated, about 3-4x slower "
+             f"than fp32; leave precision at auto for the fast choice")
+    return precision

