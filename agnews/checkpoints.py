@@ -29,7 +29,9 @@ def read_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise AGNewsError(f"checkpoint {path} is damaged or truncated ({reason}); pass another one, e.g. --ckpt_path last or an earlier run's file") from None
+        raise AGNewsError(
+            f"checkpoint {path} is damaged or truncated ({reason}); pass another one, e.g. --ckpt_path last or an earlier run's file"
+        ) from None
 
 
 def _best_in(folder: Path) -> Path | None:
@@ -50,14 +52,18 @@ def find_checkpoint(log_root: Path, which: str) -> Path:
     if which not in ("best", "last"):
         path = Path(which).expanduser()
         if not path.is_file():
-            raise AGNewsError(f"checkpoint {which!r} does not exist; pass an existing .ckpt file, or 'best'/'last' of the latest run")
+            raise AGNewsError(
+                f"checkpoint {which!r} does not exist; pass an existing .ckpt file, or 'best'/'last' of the latest run"
+            )
         return path
     for run in runs(log_root):
         folder = run / "checkpoints"
         path = (folder / "last.ckpt") if which == "last" else _best_in(folder)
         if path is not None and path.is_file():
             return path
-    raise AGNewsError(f"no {which} checkpoint under {log_root}/; run `python -m agnews.train fit` first or pass --ckpt_path FILE")
+    raise AGNewsError(
+        f"no {which} checkpoint under {log_root}/; run `python -m agnews.train fit` first or pass --ckpt_path FILE"
+    )
 
 
 class SafeCheckpoint(ModelCheckpoint):
@@ -84,8 +90,12 @@ class SafeCheckpoint(ModelCheckpoint):
             self._restore_handlers()
             raise KeyboardInterrupt
         self._signal = signum
-        print(f"\nagnews: {signal.Signals(signum).name} received: saving last.ckpt after this batch, then stopping "
-              f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        print(
+            f"\nagnews: {signal.Signals(signum).name} received: saving last.ckpt after this batch, then stopping "
+            f"(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._signal = None

@@ -19,8 +19,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from agnews import backbone
 from agnews.errors import AGNewsError
-from agnews.sources import hub_status
 from agnews.sampling import LengthGroupedBatchSampler, ResumableDataLoader, SeededShuffle, SortedBatchSampler
+from agnews.sources import hub_status
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
 
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
@@ -85,7 +85,7 @@ def load_raw(dataset: str):
                 )
                 raw = raw.map(
                     lambda b: {
-                        "text": [f"{t} {d}" for t, d in zip(b["title"], b["description"])],
+                        "text": [f"{t} {d}" for t, d in zip(b["title"], b["description"], strict=False)],
                         "label": [int(c) - 1 for c in b["class"]],
                     },
                     batched=True,
@@ -105,7 +105,9 @@ def load_raw(dataset: str):
         raise AGNewsError(f"cannot load dataset {dataset!r}: {str(err).splitlines()[0]}") from None
     except Exception as err:
         if type(err).__name__ == "DatasetNotFoundError":
-            raise AGNewsError(f"dataset {dataset!r} not found on the Hugging Face hub; check the id or pass a local folder") from None
+            raise AGNewsError(
+                f"dataset {dataset!r} not found on the Hugging Face hub; check the id or pass a local folder"
+            ) from None
         raise
     return raw, _class_names(raw)
 
@@ -157,7 +159,9 @@ def stratified_take(labels: np.ndarray, size: int | float, generator: torch.Gene
     n = len(labels)
     count = int(round(size * n)) if isinstance(size, float) and size < 1 else int(size)
     if not 0 < count < n:
-        raise AGNewsError(f"{what}={size!r} must leave rows on both sides of the split of {n} rows (a count 1..{n - 1} or a fraction in (0, 1))")
+        raise AGNewsError(
+            f"{what}={size!r} must leave rows on both sides of the split of {n} rows (a count 1..{n - 1} or a fraction in (0, 1))"
+        )
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * count / n
     quota = np.floor(exact).astype(int)
@@ -165,7 +169,7 @@ def stratified_take(labels: np.ndarray, size: int | float, generator: torch.Gene
     for i in np.argsort(-(exact - quota), kind="stable")[: count - quota.sum()]:
         quota[i] += 1
     taken, rest = [], []
-    for cls, q in zip(classes, quota):
+    for cls, q in zip(classes, quota, strict=False):
         rows = np.flatnonzero(labels == cls)
         rows = rows[torch.randperm(len(rows), generator=generator).numpy()]
         taken.append(rows[:q])
@@ -198,7 +202,7 @@ class PadCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch):
-        ids, labels, index = zip(*batch)
+        ids, labels, index = zip(*batch, strict=False)
         input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.tensor([len(x) for x in ids])
         attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
@@ -265,7 +269,9 @@ class AGNewsDataModule(L.LightningDataModule):
 
     def _splits_for_stage(self) -> list[str]:
         stage = self._stage()
-        return {"fit": ["train"], "validate": ["train"], "test": ["test"], "predict": ["test"]}.get(stage, ["train", "test"])
+        return {"fit": ["train"], "validate": ["train"], "test": ["test"], "predict": ["test"]}.get(
+            stage, ["train", "test"]
+        )
 
     def _cache_path(self, split: str, data_fingerprint: str, tokenizer_fingerprint: str) -> Path:
         key = json.dumps(
@@ -315,7 +321,9 @@ class AGNewsDataModule(L.LightningDataModule):
         paths, tokenizer, loaded = self._locate(splits)
         limit = backbone.max_positions(hp.tokenizer, tokenizer)
         if hp.max_length > limit:
-            raise AGNewsError(f"max_length={hp.max_length} exceeds what {hp.tokenizer!r} accepts ({limit}); set --data.max_length {limit} or less")
+            raise AGNewsError(
+                f"max_length={hp.max_length} exceeds what {hp.tokenizer!r} accepts ({limit}); set --data.max_length {limit} or less"
+            )
         for split, path in paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             # one process tokenizes, others wait and then find its file (the write itself is atomic too)
@@ -342,14 +350,18 @@ class AGNewsDataModule(L.LightningDataModule):
         hp = self.hparams
         missing = {"text", "label"} - set(ds.column_names)
         if missing:
-            raise AGNewsError(f"the {split} split of {hp.dataset!r} has no {' or '.join(sorted(missing))} column (columns: {', '.join(ds.column_names)}); rename the columns to text and label")
+            raise AGNewsError(
+                f"the {split} split of {hp.dataset!r} has no {' or '.join(sorted(missing))} column (columns: {', '.join(ds.column_names)}); rename the columns to text and label"
+            )
         labels = np.asarray(ds["label"])
         if len(labels) == 0:
             raise AGNewsError(f"the {split} split of {hp.dataset!r} is empty")
         n = len(class_names)
         bad = next((v for v in labels.tolist() if type(v) is not int or not 0 <= v < n), None)
         if bad is not None:
-            raise AGNewsError(f"the {split} split of {hp.dataset!r} has label {bad!r}; labels must be integers 0..{n - 1} ({', '.join(class_names)})")
+            raise AGNewsError(
+                f"the {split} split of {hp.dataset!r} has label {bad!r}; labels must be integers 0..{n - 1} ({', '.join(class_names)})"
+            )
         if any(t is None for t in ds["text"]):
             raise AGNewsError(f"the {split} split of {hp.dataset!r} has empty (null) texts; drop or fill those rows")
 
@@ -390,7 +402,9 @@ class AGNewsDataModule(L.LightningDataModule):
         try:
             tensors = read_cache(path)
         except DamagedCache as err:
-            raise AGNewsError(f"the cached {split} split {path} {err}; run again and prepare_data() rebuilds it") from None
+            raise AGNewsError(
+                f"the cached {split} split {path} {err}; run again and prepare_data() rebuilds it"
+            ) from None
         self.class_names = tensors["class_names"]
         self.pad_token_id = tensors["pad_token_id"]
         return tensors
@@ -426,7 +440,9 @@ class AGNewsDataModule(L.LightningDataModule):
             raise AGNewsError(f"{hp.predict_file} holds no texts")
         blank = blank_rows(texts)
         if blank:
-            rank_zero_info(f"agnews: warning: {len(blank)} of {len(texts)} texts in {hp.predict_file} are empty (ids {describe_rows(blank)}): not predicted, their output rows have no label")
+            rank_zero_info(
+                f"agnews: warning: {len(blank)} of {len(texts)} texts in {hp.predict_file} are empty (ids {describe_rows(blank)}): not predicted, their output rows have no label"
+            )
         if len(blank) == len(texts):
             raise AGNewsError(f"every text in {hp.predict_file} is empty; nothing to predict")
         tokenizer = backbone.load_tokenizer(hp.tokenizer)
@@ -452,8 +468,12 @@ class AGNewsDataModule(L.LightningDataModule):
             batching = {"batch_sampler": LengthGroupedBatchSampler(inner, batch_size, lengths=dataset.lengths)}
         else:
             batching = {"batch_sampler": SortedBatchSampler(inner, batch_size, lengths=dataset.lengths)}
-        kwargs = dict(collate_fn=PadCollator(self.pad_token_id), num_workers=hp.num_workers,
-                      persistent_workers=hp.num_workers > 0, **batching)
+        kwargs = dict(
+            collate_fn=PadCollator(self.pad_token_id),
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            **batching,
+        )
         if not train:
             return DataLoader(dataset, **kwargs)
         return ResumableDataLoader(dataset, batches_done=self._batches_done, **kwargs)

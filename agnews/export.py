@@ -13,7 +13,9 @@ from pathlib import Path
 from agnews.errors import AGNewsError
 
 
-def export(ckpt_path: str, out_dir: str | Path, log_root: str | Path = "lightning_logs", overwrite: bool = False) -> Path:
+def export(
+    ckpt_path: str, out_dir: str | Path, log_root: str | Path = "lightning_logs", overwrite: bool = False
+) -> Path:
     from agnews.inference import Classifier
 
     out = Path(out_dir).expanduser()
@@ -25,8 +27,10 @@ def export(ckpt_path: str, out_dir: str | Path, log_root: str | Path = "lightnin
     print(f"agnews: export uses checkpoint {classifier.checkpoint}", file=sys.stderr, flush=True)
     module, tokenizer = classifier.model, classifier.tokenizer
     if module.hparams.pooling != "cls":
-        raise AGNewsError(f"{classifier.checkpoint} was trained with pooling={module.hparams.pooling!r}, which the standard "
-                          f"Hugging Face classification head cannot express; export needs a pooling='cls' model (use the Classifier API instead)")
+        raise AGNewsError(
+            f"{classifier.checkpoint} was trained with pooling={module.hparams.pooling!r}, which the standard "
+            f"Hugging Face classification head cannot express; export needs a pooling='cls' model (use the Classifier API instead)"
+        )
     model = module.model
     model.config.id2label = dict(enumerate(classifier.class_names))
     model.config.label2id = {name: i for i, name in enumerate(classifier.class_names)}
@@ -52,7 +56,9 @@ def export(ckpt_path: str, out_dir: str | Path, log_root: str | Path = "lightnin
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m agnews.export", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="the folder to write (must not exist, or be empty, unless --overwrite)")
-    parser.add_argument("--ckpt_path", default="best", help="a .ckpt file, or best/last of the latest run (default: best)")
+    parser.add_argument(
+        "--ckpt_path", default="best", help="a .ckpt file, or best/last of the latest run (default: best)"
+    )
     parser.add_argument("--log_root", default="lightning_logs", help="where runs are looked up for best/last")
     parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     args = parser.parse_args(argv)

@@ -59,8 +59,10 @@ def check_precision(precision: str) -> str:
     """`auto` resolved for this CPU (bf16 where native, else 32); a named one kept (warned if bf16 is emulated)."""
     precision = str(precision)
     if precision not in PRECISIONS:
-        raise AGNewsError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} "
-                          f"(auto: bf16 where the CPU has it natively, else 32; 32: fp32; bf16: autocast; int8: dynamic quantization)")
+        raise AGNewsError(
+            f"precision {precision!r} is not one of {', '.join(PRECISIONS)} "
+            f"(auto: bf16 where the CPU has it natively, else 32; 32: fp32; bf16: autocast; int8: dynamic quantization)"
+        )
     return choose(precision, "cpu", fast="bf16", plain="32")
 
 
@@ -74,8 +76,15 @@ class Prediction:
 class Classifier:
     """A trained classifier for plain Python: `Classifier.from_checkpoint("best").predict(["text", ...])`."""
 
-    def __init__(self, model: nn.Module, tokenizer, class_names: Sequence[str], max_length: int = 128,
-                 batch_size: int = 64, precision: str = "auto"):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        class_names: Sequence[str],
+        max_length: int = 128,
+        batch_size: int = 64,
+        precision: str = "auto",
+    ):
         """
         Args:
             model: an `AGNewsClassifier`, or a Hugging Face sequence-classification model.
@@ -95,14 +104,18 @@ class Classifier:
         self.checkpoint: Path | None = None  # the file it was loaded from
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike = "best", log_root: str | os.PathLike = LOG_ROOT, **kwargs) -> "Classifier":
+    def from_checkpoint(
+        cls, path: str | os.PathLike = "best", log_root: str | os.PathLike = LOG_ROOT, **kwargs
+    ) -> "Classifier":
         """`path`: a `.ckpt` file, or `best`/`last` of the latest run under `log_root`."""
         from agnews.model import AGNewsClassifier
 
         path = find_checkpoint(Path(log_root), str(path))
         checkpoint = read_checkpoint(path)
         if "hyper_parameters" not in checkpoint or not checkpoint.get("backbone_files"):
-            raise AGNewsError(f"checkpoint {path} was not written by agnews fit (no model settings or tokenizer inside)")
+            raise AGNewsError(
+                f"checkpoint {path} was not written by agnews fit (no model settings or tokenizer inside)"
+            )
         module = AGNewsClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         names = module.hparams.class_names or [str(i) for i in range(module.hparams.num_classes)]
         kwargs.setdefault("max_length", checkpoint.get("datamodule_hyper_parameters", {}).get("max_length", 128))
@@ -116,7 +129,9 @@ class Classifier:
             texts = [texts]
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
-            raise AGNewsError(f"texts must be strings; text {bad[0]} is {type(texts[bad[0]]).__name__} {texts[bad[0]]!r}")
+            raise AGNewsError(
+                f"texts must be strings; text {bad[0]} is {type(texts[bad[0]]).__name__} {texts[bad[0]]!r}"
+            )
         probs = torch.full((len(texts), len(self.class_names)), float("nan"))
         keep = [i for i, t in enumerate(texts) if t.strip()]
         if not keep:
@@ -140,7 +155,9 @@ class Classifier:
         if row.isnan().any():
             return Prediction(None, None, {})
         best = int(row.argmax())
-        return Prediction(self.class_names[best], float(row[best]), dict(zip(self.class_names, row.tolist())))
+        return Prediction(
+            self.class_names[best], float(row[best]), dict(zip(self.class_names, row.tolist(), strict=False))
+        )
 
 
 # ---- output ----
@@ -160,8 +177,14 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
-def write_predictions(path: Path, class_names: Sequence[str], probs: torch.Tensor, ids: Sequence,
-                      texts: Sequence[str] | None = None, true_labels: Sequence[int] | None = None) -> None:
+def write_predictions(
+    path: Path,
+    class_names: Sequence[str],
+    probs: torch.Tensor,
+    ids: Sequence,
+    texts: Sequence[str] | None = None,
+    true_labels: Sequence[int] | None = None,
+) -> None:
     """One row per input row, in input order: id, text, label, score, one probability per class (empty for
     rows not predicted). Written to a temporary file and renamed, so a failed run leaves no partial output."""
     records = []
@@ -175,7 +198,9 @@ def write_predictions(path: Path, class_names: Sequence[str], probs: torch.Tenso
         best = int(row.argmax()) if done else None
         record["label"] = class_names[best] if done else None
         record["score"] = round(float(row[best]), 6) if done else None
-        record["probs"] = {name: round(float(p), 6) for name, p in zip(class_names, row)} if done else None
+        record["probs"] = (
+            {name: round(float(p), 6) for name, p in zip(class_names, row, strict=False)} if done else None
+        )
         records.append(record)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -189,7 +214,10 @@ def write_predictions(path: Path, class_names: Sequence[str], probs: torch.Tenso
                 writer.writerow(head + [f"prob_{name}" for name in class_names])
                 for record in records:
                     probs_ = record["probs"] or {}
-                    writer.writerow([("" if record[k] is None else record[k]) for k in head] + [probs_.get(n, "") for n in class_names])
+                    writer.writerow(
+                        [("" if record[k] is None else record[k]) for k in head]
+                        + [probs_.get(n, "") for n in class_names]
+                    )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -220,7 +248,9 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             raise AGNewsError("predict runs in one process; leave --trainer.devices at 1")
         if self.int8 and "bf16" in str(trainer.precision):
-            raise AGNewsError("choose one fast path: --prediction.int8 true with --trainer.precision 32-true, or bf16 alone")
+            raise AGNewsError(
+                "choose one fast path: --prediction.int8 true with --trainer.precision 32-true, or bf16 alone"
+            )
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.int8:

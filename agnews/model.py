@@ -8,8 +8,13 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score,
-                                         MulticlassPrecision, MulticlassRecall)
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from agnews import backbone as backbones
@@ -45,7 +50,9 @@ def layer_depth(name: str, num_layers: int) -> int:
     return 0 if "embeddings" in name else num_layers + 1
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float, layer_decay: float = 1.0) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, learning_rate: float, layer_decay: float = 1.0
+) -> list[dict]:
     """AdamW groups: weight decay by parameter kind and, with `layer_decay` < 1, a learning rate that shrinks
     by that factor per layer from the head down to the embeddings (layer-wise learning-rate decay)."""
     groups = weight_decay_groups(model, weight_decay)
@@ -53,6 +60,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float
         return groups
     num_layers = model.config.num_hidden_layers
     names = {id(p): n for n, p in model.named_parameters()}
+    if not any(re.search(r"\.layer\.(\d+)\.", n) for n in names.values()):
+        raise AGNewsError(
+            f"layer_decay={layer_decay} needs an encoder whose layers are named '.layer.N.' (BERT, "
+            f"DistilBERT, MPNet, RoBERTa); {type(model).__name__} names them otherwise: use layer_decay 1.0"
+        )
     split = []
     for group in groups:
         by_depth: dict[int, list] = {}
@@ -73,7 +85,11 @@ def _head_kind(model: nn.Module) -> str | None:
     if isinstance(head, nn.Linear) and hasattr(model, "dropout") and head.in_features == hidden:
         return "vector"
     dense = getattr(head, "dense", None)
-    if isinstance(dense, nn.Linear) and isinstance(getattr(head, "out_proj", None), nn.Linear) and dense.in_features == hidden:
+    if (
+        isinstance(dense, nn.Linear)
+        and isinstance(getattr(head, "out_proj", None), nn.Linear)
+        and dense.in_features == hidden
+    ):
         return "sequence"
     return None
 
@@ -147,16 +163,19 @@ class AGNewsClassifier(L.LightningModule):
         if freeze_embeddings:
             self.model.get_input_embeddings().weight.requires_grad_(False)
         if self.model.config.num_labels != num_classes:
-            raise AGNewsError(f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}")
+            raise AGNewsError(
+                f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}"
+            )
         self._head_kind = _head_kind(self.model)
         if pooling == "mean" and self._head_kind is None:
             raise AGNewsError(
                 f"pooling='mean' needs a BERT-like or RoBERTa-like classification head; {type(self.model).__name__} has another"
             )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        # plain accuracy (micro): torchmetrics' default is the macro average, i.e. balanced accuracy
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         # the test report's figures (agnews.report), per class
         self.test_details = MetricCollection(
@@ -174,7 +193,9 @@ class AGNewsClassifier(L.LightningModule):
         if names is None:
             return
         if len(names) != self.hparams.num_classes:
-            raise AGNewsError(f"the data has {len(names)} classes ({', '.join(names)}) but num_classes={self.hparams.num_classes}; set --model.num_classes {len(names)}")
+            raise AGNewsError(
+                f"the data has {len(names)} classes ({', '.join(names)}) but num_classes={self.hparams.num_classes}; set --model.num_classes {len(names)}"
+            )
         if self.hparams.class_names is None:
             self.hparams.class_names = list(names)
             self.model.config.id2label = dict(enumerate(names))
@@ -223,7 +244,9 @@ class AGNewsClassifier(L.LightningModule):
         size = len(batch["labels"])
         on_step = stage == "train"
         # evaluation losses are averaged over every process (DDP), as the torchmetrics objects are
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=not on_step)
+        self.log(
+            f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=not on_step
+        )
         self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         return loss, logits
 
@@ -244,7 +267,7 @@ class AGNewsClassifier(L.LightningModule):
         self.test_results = {key: value.cpu() for key, value in self.test_details.compute().items()}
         self.test_details.reset()
         self.log("test_f1", self.test_results["macro_f1"])
-        for name, f1 in zip(names, self.test_results["f1"]):
+        for name, f1 in zip(names, self.test_results["f1"], strict=False):
             self.log(f"test_f1_{name.replace('/', '_')}", f1)  # no '/': TensorBoard would nest it
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Training curves as a picture, read from a run's TensorBoard event files.
 
-    python -m agnews.plot                         # the latest run: writes lightning_logs/version_N/curves.png
-    python -m agnews.plot RUN_DIR [RUN_DIR ...]   # several runs overlaid, with a legend (--out: where to write)
+python -m agnews.plot                         # the latest run: writes lightning_logs/version_N/curves.png
+python -m agnews.plot RUN_DIR [RUN_DIR ...]   # several runs overlaid, with a legend (--out: where to write)
 """
 
 import argparse
@@ -51,19 +51,26 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
 
     data = {run: read_run(run) for run in runs}
     fig, (ax_loss, ax_acc, ax_step) = plt.subplots(1, 3, figsize=(16, 4.5))
-    for color, (run, curves) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10, data.items()):
+    for color, (run, curves) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10, data.items(), strict=False):
         label = run.name if len(runs) == 1 else str(run)
-        for tag, axis, style in (("train_loss_epoch", ax_loss, "--"), ("val_loss", ax_loss, "-"),
-                                 ("train_acc", ax_acc, "--"), ("val_acc", ax_acc, "-")):
+        for tag, axis, style in (
+            ("train_loss_epoch", ax_loss, "--"),
+            ("val_loss", ax_loss, "-"),
+            ("train_acc", ax_acc, "--"),
+            ("val_acc", ax_acc, "-"),
+        ):
             if curves.get(tag):
-                xs, ys = zip(*curves[tag])
+                xs, ys = zip(*curves[tag], strict=False)
                 axis.plot(xs, ys, style, marker="o", color=color, label=f"{label} {tag.replace('_epoch', '')}")
         if curves.get("train_loss_step"):
-            xs, ys = zip(*curves["train_loss_step"])
+            xs, ys = zip(*curves["train_loss_step"], strict=False)
             ax_step.plot(xs, ys, color=color, alpha=0.25)
             ax_step.plot(xs, smooth(list(ys)), color=color, label=f"{label} train_loss (smoothed)")
-    for axis, title, xlabel in ((ax_loss, "loss per epoch", "epoch"), (ax_acc, "accuracy per epoch", "epoch"),
-                                (ax_step, "training loss per step", "step")):
+    for axis, title, xlabel in (
+        (ax_loss, "loss per epoch", "epoch"),
+        (ax_acc, "accuracy per epoch", "epoch"),
+        (ax_step, "training loss per step", "step"),
+    ):
         axis.set_title(title)
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3)
@@ -90,7 +97,9 @@ def latest_run(log_root: Path = Path("lightning_logs")) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="run folders (default: the latest run)")
-    parser.add_argument("--out", type=Path, help="PNG to write (default: RUN/curves.png, or ./curves.png for several runs)")
+    parser.add_argument(
+        "--out", type=Path, help="PNG to write (default: RUN/curves.png, or ./curves.png for several runs)"
+    )
     args = parser.parse_args(argv)
     try:
         runs = args.runs or [latest_run()]

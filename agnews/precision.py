@@ -73,7 +73,9 @@ def cpu_bf16() -> tuple[bool, str]:
 
 
 def on_cpu(accelerator) -> bool:
-    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower().replace("accelerator", "")
+    name = (
+        accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower().replace("accelerator", "")
+    )
     if name == "auto":
         return not (torch.cuda.is_available() or torch.backends.mps.is_available())
     return name == "cpu"
@@ -102,6 +104,8 @@ def choose(precision, accelerator="cpu", *, fast: str = "bf16-mixed", plain: str
         _say(f"precision auto -> {chosen} (CPU {cpu().model}: {why}; {reason})")
         return chosen
     if is_bf16(precision) and on_cpu(accelerator) and not cpu_bf16()[0]:
-        _say(f"warning: precision {precision} on CPU {cpu().model} ({cpu_bf16()[1]}) is emulated, about 3-4x slower "
-             f"than fp32; leave precision at auto for the fast choice")
+        _say(
+            f"warning: precision {precision} on CPU {cpu().model} ({cpu_bf16()[1]}) is emulated, about 3-4x slower "
+            f"than fp32; leave precision at auto for the fast choice"
+        )
     return precision

@@ -36,7 +36,9 @@ class TestReport(Callback):
 
 def run_hparams(pl_module: L.LightningModule, trainer: L.Trainer) -> dict:
     """The run's settings as plain scalars for TensorBoard's HPARAMS tab (the encoder config is left out)."""
-    params = {f"model/{k}": v for k, v in pl_module.hparams_initial.items() if k not in ("backbone_config", "class_names")}
+    params = {
+        f"model/{k}": v for k, v in pl_module.hparams_initial.items() if k not in ("backbone_config", "class_names")
+    }
     if trainer.datamodule is not None:
         params.update({f"data/{k}": v for k, v in trainer.datamodule.hparams.items() if k != "tokenizer"})
     params["trainer/precision"] = str(trainer.precision)
@@ -58,8 +60,10 @@ def log_to_tensorboard(logger: TensorBoardLogger, pl_module, report: dict, resul
     fig, _ = MulticlassConfusionMatrix(len(names)).plot(results["confusion"].long(), labels=names)
     fig.set_size_inches(6, 6)
     logger.experiment.add_figure("test_confusion_matrix", fig, close=True)
-    logger.log_hyperparams(run_hparams(pl_module, pl_module.trainer),
-                           {"hp_test_acc": report["accuracy"], "hp_test_loss": report["loss"], "hp_test_f1": report["macro_f1"]})
+    logger.log_hyperparams(
+        run_hparams(pl_module, pl_module.trainer),
+        {"hp_test_acc": report["accuracy"], "hp_test_loss": report["loss"], "hp_test_f1": report["macro_f1"]},
+    )
 
 
 def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
@@ -75,7 +79,8 @@ def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
         "split": "test",
         "rows": int(confusion.sum()),
         "seconds": round(seconds, 2),
-        "accuracy": float(metrics["test_acc"]),
+        "accuracy": float(confusion.trace() / confusion.sum().clamp(min=1)),
+        "balanced_accuracy": float(results["recall"].mean()),
         "loss": float(metrics["test_loss"]),
         "macro_f1": float(results["macro_f1"]),
         "classes": [
@@ -88,8 +93,12 @@ def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
             }
             for i, name in enumerate(names)
         ],
-        "confusion_matrix": {"rows": "true class", "columns": "predicted class", "labels": names,
-                             "counts": confusion.tolist()},
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "labels": names,
+            "counts": confusion.tolist(),
+        },
     }
 
 
@@ -101,18 +110,24 @@ def render_markdown(report: dict) -> str:
         f"- checkpoint: `{report['checkpoint']}`",
         f"- encoder: `{report['encoder']}`" + (f" ({report['chosen_by']})" if report.get("chosen_by") else ""),
         f"- data: `{report['dataset']}`, split `{report['split']}`, {report['rows']:,} rows, {report['seconds']:.1f} s",
-        f"- accuracy **{100 * report['accuracy']:.2f}%**, average loss {report['loss']:.4f}, macro-F1 {report['macro_f1']:.4f}",
+        f"- accuracy **{100 * report['accuracy']:.2f}%**, average loss {report['loss']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
+        f"balanced accuracy {100 * report['balanced_accuracy']:.2f}%",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
-        *(f"| {c['name']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']:,} |" for c in report["classes"]),
+        *(
+            f"| {c['name']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']:,} |"
+            for c in report["classes"]
+        ),
         "",
         "Confusion matrix (rows: true class, columns: predicted class):",
         "",
         "| true \\ predicted | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
-        *(f"| {name} | " + " | ".join(f"{n:,}" for n in row) + " |"
-          for name, row in zip(names, report["confusion_matrix"]["counts"])),
+        *(
+            f"| {name} | " + " | ".join(f"{n:,}" for n in row) + " |"
+            for name, row in zip(names, report["confusion_matrix"]["counts"], strict=False)
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -34,8 +34,14 @@ class LengthGroupedBatchSampler(BatchSampler):
     sampler's seed and epoch). A `DistributedSampler` works as the inner sampler too.
     """
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
-                 lengths: Sequence[int] | torch.Tensor = (), window_batches: int = 50):
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool = False,
+        lengths: Sequence[int] | torch.Tensor = (),
+        window_batches: int = 50,
+    ):
         super().__init__(sampler, batch_size, drop_last)
         self.lengths = torch.as_tensor(lengths)
         self.window_batches = window_batches
@@ -70,8 +76,13 @@ class SortedBatchSampler(BatchSampler):
     """Evaluation batches of the sampler's rows sorted longest first: least padding, and the memory peak
     comes at once, not late. Each batch carries its row positions, so results can be put back in order."""
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
-                 lengths: Sequence[int] | torch.Tensor = ()):
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool = False,
+        lengths: Sequence[int] | torch.Tensor = (),
+    ):
         super().__init__(sampler, batch_size, drop_last)
         self.lengths = torch.as_tensor(lengths)
 

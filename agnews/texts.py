@@ -21,20 +21,26 @@ def _read_lines(path: Path) -> list[str]:
             try:
                 texts.append(raw.decode("utf-8").rstrip("\r\n"))
             except UnicodeDecodeError as err:
-                raise AGNewsError(f"{path} line {number} is not valid UTF-8 (byte {err.object[err.start]:#04x}); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+                raise AGNewsError(
+                    f"{path} line {number} is not valid UTF-8 (byte {err.object[err.start]:#04x}); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                ) from None
     return texts
 
 
 def _text_column(path: Path, columns: list[str]) -> None:
     if "text" not in columns:
-        raise AGNewsError(f"{path} has no 'text' column (columns: {', '.join(map(str, columns)) or 'none'}); name the column of texts 'text'")
+        raise AGNewsError(
+            f"{path} has no 'text' column (columns: {', '.join(map(str, columns)) or 'none'}); name the column of texts 'text'"
+        )
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:
     """Texts to classify: `.txt` one per line, or the `text` column of a `.csv`/`.jsonl`/`.parquet` file."""
     path = Path(path).expanduser()
     if path.suffix not in INPUT_SUFFIXES:
-        raise AGNewsError(f"cannot read {path}: use a {', '.join(INPUT_SUFFIXES)} file (.txt: one text per line; others: a 'text' column)")
+        raise AGNewsError(
+            f"cannot read {path}: use a {', '.join(INPUT_SUFFIXES)} file (.txt: one text per line; others: a 'text' column)"
+        )
     if not path.is_file():
         raise AGNewsError(f"input file {path} does not exist")
     if path.suffix == ".txt":
@@ -64,9 +70,13 @@ def read_texts(path: str | os.PathLike) -> list[str]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise AGNewsError(f"{path} line {number} is not JSON ({err.msg}); write one JSON object per line") from None
+                    raise AGNewsError(
+                        f"{path} line {number} is not JSON ({err.msg}); write one JSON object per line"
+                    ) from None
                 if not isinstance(row, dict):
-                    raise AGNewsError(f"{path} line {number} is not a JSON object; write one object with a 'text' key per line")
+                    raise AGNewsError(
+                        f"{path} line {number} is not a JSON object; write one object with a 'text' key per line"
+                    )
                 _text_column(path, list(row))
                 values.append(row["text"])
     return ["" if v is None else str(v) for v in values]

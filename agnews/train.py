@@ -133,7 +133,7 @@ def given_settings(args, sub: str) -> dict[str, set[str]]:
         if not isinstance(mapping, dict):
             return
         mapping = mapping.get(sub, mapping) if isinstance(mapping.get(sub), dict) else mapping
-        for name in ([part] if part else list(given)):
+        for name in [part] if part else list(given):
             section = mapping if part else mapping.get(name)
             given[name] |= set(section) if isinstance(section, dict) else set()
 
@@ -167,7 +167,12 @@ def cli_main(args=None) -> AGNewsCLI:
                 "max_epochs": 2,
                 "precision": AUTO,
                 "log_every_n_steps": 50,
-                "callbacks": [LearningRateMonitor(logging_interval="step"), EpochEstimate(), FitSummary(), TestReport()],
+                "callbacks": [
+                    LearningRateMonitor(logging_interval="step"),
+                    EpochEstimate(),
+                    FitSummary(),
+                    TestReport(),
+                ],
             },
             save_config_kwargs={"overwrite": True},
             args=args,

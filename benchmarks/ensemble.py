@@ -64,8 +64,10 @@ def main() -> None:
         encoder = Classifier.from_checkpoint(path, precision=args.precision)
         for name, (texts, _) in splits.items():
             encoders[name].append(encoder.predict_proba(texts).numpy())
-    probs = {name: (np.mean(encoders[name], 0), linear.predict_proba(vectorizer.transform(texts)))
-             for name, (texts, _) in splits.items()}
+    probs = {
+        name: (np.mean(encoders[name], 0), linear.predict_proba(vectorizer.transform(texts)))
+        for name, (texts, _) in splits.items()
+    }
 
     def correct(name, probabilities):
         return float((probabilities.argmax(1) == splits[name][1]).mean() * 100)
@@ -79,7 +81,9 @@ def main() -> None:
     print(f"TF-IDF + logistic regression fitted in {tfidf_seconds:.1f} s on {len(train_rows):,} rows")
     print("| model | val acc | test acc |\n|---|---:|---:|")
     for i, path in enumerate(args.ckpt_path):
-        print(f"| encoder {i + 1}: `{path}` | {correct('val', encoders['val'][i]):.2f}% | {correct('test', encoders['test'][i]):.2f}% |")
+        print(
+            f"| encoder {i + 1}: `{path}` | {correct('val', encoders['val'][i]):.2f}% | {correct('test', encoders['test'][i]):.2f}% |"
+        )
     rows = [("TF-IDF + logistic regression", 1.0), (f"mix, TF-IDF weight {best} (chosen on val)", best)]
     if len(args.ckpt_path) > 1:
         rows.insert(0, ("encoders averaged", 0.0))

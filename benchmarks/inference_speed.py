@@ -30,7 +30,9 @@ from agnews.precision import cpu_bf16  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt_path", default="best", help="a .ckpt file or best/last of the latest run (default: best)")
+    parser.add_argument(
+        "--ckpt_path", default="best", help="a .ckpt file or best/last of the latest run (default: best)"
+    )
     parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--rows", type=int, default=None, help="first N test rows only (quick check)")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -43,7 +45,9 @@ def main() -> None:
     print(f"{len(texts):,} test rows, {torch.get_num_threads()} threads, batch {args.batch_size}")
 
     precisions = ["32", "bf16", "int8"] if cpu_bf16()[0] else ["32", "int8"]
-    classifiers = {p: Classifier.from_checkpoint(args.ckpt_path, precision=p, batch_size=args.batch_size) for p in precisions}
+    classifiers = {
+        p: Classifier.from_checkpoint(args.ckpt_path, precision=p, batch_size=args.batch_size) for p in precisions
+    }
     print(f"checkpoint: {classifiers['32'].checkpoint}, max_length {classifiers['32'].max_length}")
 
     from transformers import pipeline
@@ -71,13 +75,15 @@ def main() -> None:
 
     base = preds["agnews 32"]
     peer = "HF pipeline fp32 (exported)"
-    print(f"\n| variant | samples/s | vs fp32 | vs pipeline | accuracy | agrees with fp32 |")
+    print("\n| variant | samples/s | vs fp32 | vs pipeline | accuracy | agrees with fp32 |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in runners:
         speed = len(texts) / best[name]
         acc = (preds[name] == labels).float().mean().item() * 100
         agree = (preds[name] == base).float().mean().item() * 100
-        print(f"| {name} | {speed:.1f} | {best['agnews 32'] / best[name]:.2f}x | {best[peer] / best[name]:.2f}x | {acc:.2f}% | {agree:.2f}% |")
+        print(
+            f"| {name} | {speed:.1f} | {best['agnews 32'] / best[name]:.2f}x | {best[peer] / best[name]:.2f}x | {acc:.2f}% | {agree:.2f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,17 +26,39 @@ sys.path.insert(0, str(ROOT))
 def encoder_run(size: int | None, args, root: str) -> dict:
     from agnews.train import cli_main
 
-    common = ["--data.dataset", args.data, "--trainer.default_root_dir", root, "--trainer.enable_progress_bar", "false",
-              "--trainer.enable_model_summary", "false"]
+    common = [
+        "--data.dataset",
+        args.data,
+        "--trainer.default_root_dir",
+        root,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
     start = time.perf_counter()
-    fit = cli_main(["fit", "--config", str(ROOT / "configs" / "offline.yaml"), *common,
-                    "--trainer.max_epochs", str(args.epochs), "--model.learning_rate", str(args.lr),
-                    *(["--data.train_size", str(size)] if size else [])])
+    fit = cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "offline.yaml"),
+            *common,
+            "--trainer.max_epochs",
+            str(args.epochs),
+            "--model.learning_rate",
+            str(args.lr),
+            *(["--data.train_size", str(size)] if size else []),
+        ]
+    )
     minutes = (time.perf_counter() - start) / 60
     rows = len(fit.datamodule.train_set)
     test = cli_main(["test", *common])
-    return {"rows": rows, "encoder_acc": float(test.trainer.callback_metrics["test_acc"]), "encoder_minutes": minutes,
-            "train_rows_index": fit.datamodule.train_set.rows.numpy()}
+    return {
+        "rows": rows,
+        "encoder_acc": float(test.trainer.callback_metrics["test_acc"]),
+        "encoder_minutes": minutes,
+        "train_rows_index": fit.datamodule.train_set.rows.numpy(),
+    }
 
 
 def baseline_run(row_index: np.ndarray, raw) -> float:
@@ -90,8 +112,12 @@ def main() -> None:
             result = encoder_run(size or None, args, root)
         result["baseline_acc"] = baseline_run(result.pop("train_rows_index"), raw)
         results.append(result)
-        print(f"{result['rows']:>6,} rows: encoder {100 * result['encoder_acc']:.2f}%, "
-              f"TF-IDF {100 * result['baseline_acc']:.2f}%, {result['encoder_minutes']:.1f} min", file=sys.stderr, flush=True)
+        print(
+            f"{result['rows']:>6,} rows: encoder {100 * result['encoder_acc']:.2f}%, "
+            f"TF-IDF {100 * result['baseline_acc']:.2f}%, {result['encoder_minutes']:.1f} min",
+            file=sys.stderr,
+            flush=True,
+        )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with open(args.out_dir / "learning_curve.csv", "w", newline="") as f:
@@ -100,10 +126,14 @@ def main() -> None:
         writer.writerows(results)
     plot(results, args.out_dir / "learning_curve.png")
     print(f"\n{args.epochs} epochs, learning rate {args.lr}, configs/offline.yaml; test: {len(raw['test']):,} rows\n")
-    print("| training rows | MiniLM-L6 fine-tuned | TF-IDF + linear SVM | fine-tuning minutes (fit, incl. validation) |")
+    print(
+        "| training rows | MiniLM-L6 fine-tuned | TF-IDF + linear SVM | fine-tuning minutes (fit, incl. validation) |"
+    )
     print("|---|---|---|---|")
     for r in results:
-        print(f"| {r['rows']:,} | {100 * r['encoder_acc']:.2f}% | {100 * r['baseline_acc']:.2f}% | {r['encoder_minutes']:.1f} |")
+        print(
+            f"| {r['rows']:,} | {100 * r['encoder_acc']:.2f}% | {100 * r['baseline_acc']:.2f}% | {r['encoder_minutes']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,12 @@ VARIANTS = {
     "fp32": dict(precision=None),
     "fp32+frozen-emb": dict(precision=None, freeze_embeddings=True),
     "fp32+frozen-emb+eager": dict(precision=None, freeze_embeddings=True, attention="eager"),
-    "fp32+frozen-emb+no-dropout": dict(precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0),
-    "fp32+frozen-emb+no-dropout+eager": dict(precision=None, freeze_embeddings=True, attention_dropout=0.0,
-                                             hidden_dropout=0.0, attention="eager"),
+    "fp32+frozen-emb+no-dropout": dict(
+        precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0
+    ),
+    "fp32+frozen-emb+no-dropout+eager": dict(
+        precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0, attention="eager"
+    ),
     "bf16": dict(precision=torch.bfloat16),
     "bf16+fused": dict(precision=torch.bfloat16, fused=True),
     "bf16+frozen-emb": dict(precision=torch.bfloat16, freeze_embeddings=True),
@@ -34,14 +37,21 @@ VARIANTS = {
     "bf16+no-attn-dropout": dict(precision=torch.bfloat16, attention_dropout=0.0),
     "bf16+no-dropout": dict(precision=torch.bfloat16, attention_dropout=0.0, hidden_dropout=0.0),
     "bf16+frozen-emb+no-attn-dropout": dict(precision=torch.bfloat16, freeze_embeddings=True, attention_dropout=0.0),
-    "bf16+frozen-emb+no-dropout": dict(precision=torch.bfloat16, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0),
-    "bf16+frozen-emb+no-dropout+eager": dict(precision=torch.bfloat16, freeze_embeddings=True, attention_dropout=0.0,
-                                             hidden_dropout=0.0, attention="eager"),
-    "bf16+frozen-emb+no-attn-dropout+eager": dict(precision=torch.bfloat16, freeze_embeddings=True,
-                                                  attention_dropout=0.0, attention="eager"),
-    "bf16+frozen-emb+no-hidden-dropout+eager": dict(precision=torch.bfloat16, freeze_embeddings=True,
-                                                    hidden_dropout=0.0, attention="eager"),
-    "bf16+no-dropout+eager": dict(precision=torch.bfloat16, attention_dropout=0.0, hidden_dropout=0.0, attention="eager"),
+    "bf16+frozen-emb+no-dropout": dict(
+        precision=torch.bfloat16, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0
+    ),
+    "bf16+frozen-emb+no-dropout+eager": dict(
+        precision=torch.bfloat16, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0, attention="eager"
+    ),
+    "bf16+frozen-emb+no-attn-dropout+eager": dict(
+        precision=torch.bfloat16, freeze_embeddings=True, attention_dropout=0.0, attention="eager"
+    ),
+    "bf16+frozen-emb+no-hidden-dropout+eager": dict(
+        precision=torch.bfloat16, freeze_embeddings=True, hidden_dropout=0.0, attention="eager"
+    ),
+    "bf16+no-dropout+eager": dict(
+        precision=torch.bfloat16, attention_dropout=0.0, hidden_dropout=0.0, attention="eager"
+    ),
     "bf16+frozen-emb+eager": dict(precision=torch.bfloat16, freeze_embeddings=True, attention="eager"),
     "bf16+frozen-emb+foreach": dict(precision=torch.bfloat16, freeze_embeddings=True, foreach=True),
     "bf16+frozen-emb+fused": dict(precision=torch.bfloat16, freeze_embeddings=True, fused=True),
@@ -60,8 +70,9 @@ EVAL_VARIANTS = {
 
 
 def eval_batches(args, batch_size: int):
-    dm = AGNewsDataModule(dataset=args.data, tokenizer=args.backbone, max_length=128, eval_batch_size=batch_size,
-                          test_size=args.eval_rows)
+    dm = AGNewsDataModule(
+        dataset=args.data, tokenizer=args.backbone, max_length=128, eval_batch_size=batch_size, test_size=args.eval_rows
+    )
     dm.prepare_data()
     dm.setup("test")
     return list(dm.test_dataloader())
@@ -157,8 +168,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--profile", choices=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=1, help="run the variants this many times, interleaved")
-    parser.add_argument("--eval", nargs="*", choices=list(EVAL_VARIANTS),
-                        help="time these evaluation variants (all if none named) instead of training steps")
+    parser.add_argument(
+        "--eval",
+        nargs="*",
+        choices=list(EVAL_VARIANTS),
+        help="time these evaluation variants (all if none named) instead of training steps",
+    )
     parser.add_argument("--eval-rows", type=int, default=1920, help="test rows for --eval")
     args = parser.parse_args()
     if args.eval is not None:
@@ -168,7 +183,9 @@ def main() -> None:
         best = {}
         for _ in range(args.rounds):
             for variant in variants:
-                best[variant] = max(best.get(variant, 0.0), run_eval(variant, data[EVAL_VARIANTS[variant]["batch"]], args))
+                best[variant] = max(
+                    best.get(variant, 0.0), run_eval(variant, data[EVAL_VARIANTS[variant]["batch"]], args)
+                )
         print("\nbest of", args.rounds, "rounds:")
         for variant, value in best.items():
             print(f"{variant:40s} {value:7.1f} samples/s")
@@ -176,7 +193,9 @@ def main() -> None:
     data = batches(args)
     tokens = sum(int(b["attention_mask"].sum()) for b in data) / sum(len(b["labels"]) for b in data)
     padded = sum(b["input_ids"].numel() for b in data) / sum(len(b["labels"]) for b in data)
-    print(f"{tokens:.1f} tokens/sample, {padded:.1f} after padding, batch {args.batch_size}, threads {torch.get_num_threads()}")
+    print(
+        f"{tokens:.1f} tokens/sample, {padded:.1f} after padding, batch {args.batch_size}, threads {torch.get_num_threads()}"
+    )
     if args.profile:
         run(args.profile, data, args, profile=True)
         return

@@ -14,7 +14,9 @@ def make_dm(data_dir, tokenizer, tmp_path, **kwargs) -> AGNewsDataModule:
     kwargs.setdefault("max_length", 32)
     kwargs.setdefault("val_size", 0.25)
     kwargs.setdefault("batch_size", 8)
-    return AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tokenizer), cache_dir=str(tmp_path / "cache"), **kwargs)
+    return AGNewsDataModule(
+        dataset=str(data_dir), tokenizer=str(tokenizer), cache_dir=str(tmp_path / "cache"), **kwargs
+    )
 
 
 def cache_files(tmp_path) -> dict[str, int]:
@@ -156,10 +158,14 @@ def test_class_names_come_from_the_data(tmp_path, tiny_bert):
 
     folder = tmp_path / "named"
     folder.mkdir()
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b", "c", "d"])})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b", "c", "d"])}
+    )
     for split, seed in (("train", 0), ("test", 1)):
         texts, labels = make_rows(5, seed)
-        datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features).to_parquet(folder / f"{split}.parquet")
+        datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features).to_parquet(
+            folder / f"{split}.parquet"
+        )
     dm = make_dm(folder, tiny_bert, tmp_path, val_size=4)
     dm.prepare_data()
     dm.setup("fit")
@@ -210,7 +216,9 @@ def test_missing_dataset_folder(tmp_path, tiny_bert):
 
 
 def test_unreachable_hub_dataset(tmp_path, tiny_bert):
-    dm = AGNewsDataModule(dataset="fancyzhx/ag_news", tokenizer=str(tiny_bert), max_length=32, cache_dir=str(tmp_path / "cache"))
+    dm = AGNewsDataModule(
+        dataset="fancyzhx/ag_news", tokenizer=str(tiny_bert), max_length=32, cache_dir=str(tmp_path / "cache")
+    )
     assert_error(dm, "HF_HUB_OFFLINE is set and no copy is cached; pass a local folder", tmp_path)
 
 

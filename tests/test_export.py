@@ -23,8 +23,14 @@ def test_export_then_pipeline_in_a_fresh_process_predicts_like_the_checkpoint(tr
     )
     # a clean interpreter in another folder: nothing of agnews is imported or importable there
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script, str(out), json.dumps(texts)], cwd=tmp_path,
-                            capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(out), json.dumps(texts)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     expected = [p.label for p in Classifier.from_checkpoint(trained.checkpoint).predict(texts)]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
     config = json.loads((out / "config.json").read_text())
@@ -53,9 +59,29 @@ def test_export_without_runs_says_what_to_do(tmp_path, capsys):
 def test_export_refuses_a_mean_pooling_model(tiny_bert, data_dir, tmp_path, capsys):
     from agnews.train import cli_main
 
-    cli_main(["fit", "--model.backbone", str(tiny_bert), "--model.pooling", "mean", "--data.dataset", str(data_dir),
-              "--data.max_length", "32", "--data.val_size", "32", "--data.cache_dir", str(tmp_path / "cache"),
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+    cli_main(
+        [
+            "fit",
+            "--model.backbone",
+            str(tiny_bert),
+            "--model.pooling",
+            "mean",
+            "--data.dataset",
+            str(data_dir),
+            "--data.max_length",
+            "32",
+            "--data.val_size",
+            "32",
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     with pytest.raises(SystemExit):
         export_main(["--log_root", str(tmp_path / "lightning_logs"), str(tmp_path / "out")])
     assert "pooling='mean'" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -16,7 +16,9 @@ from agnews.inference import Classifier
 from agnews.model import AGNewsClassifier
 from agnews.texts import read_texts
 
-unicode_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=200)  # no lone surrogates: not storable
+unicode_text = st.text(
+    alphabet=st.characters(exclude_categories=("Cs",)), max_size=200
+)  # no lone surrogates: not storable
 long_text = st.builds(lambda word, n: (word + " ") * n, st.text(min_size=1, max_size=12), st.integers(200, 800))
 any_text = st.one_of(unicode_text, st.just(""), st.just("   \t"), long_text)
 
@@ -26,7 +28,9 @@ label_columns = st.one_of(
     st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1),
     st.lists(st.sampled_from(["World", "Sports", "1", "", "Business"]), min_size=1),
 )
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +48,14 @@ def load(tiny_bert, texts, labels):
         folder.mkdir()
         for split in ("train", "test"):
             frame.to_parquet(folder / f"{split}.parquet")
-        dm = AGNewsDataModule(dataset=str(folder), tokenizer=str(tiny_bert), max_length=32, batch_size=4,
-                              val_size=0.25, cache_dir=str(Path(tmp) / "cache"))
+        dm = AGNewsDataModule(
+            dataset=str(folder),
+            tokenizer=str(tiny_bert),
+            max_length=32,
+            batch_size=4,
+            val_size=0.25,
+            cache_dir=str(Path(tmp) / "cache"),
+        )
         dm.prepare_data()
         dm.setup("fit")
         return next(iter(dm.train_dataloader()))
@@ -87,7 +97,7 @@ def classifier(trained):
 def test_predict_api_on_any_texts(classifier, texts):
     predictions = classifier.predict(texts)
     assert len(predictions) == len(texts)
-    for text, p in zip(texts, predictions):
+    for text, p in zip(texts, predictions, strict=False):
         if text.strip():
             assert p.label in classifier.class_names and 0 < p.score <= 1
             assert sum(p.probs.values()) == pytest.approx(1, abs=1e-4)

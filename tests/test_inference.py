@@ -19,8 +19,21 @@ TEXTS += make_rows(3, seed=7)[0]
 def predict_cli(trained, *args, precision: str | None = "32-true"):
     """`predict` in fp32 unless told (the comparisons below are against the fp32 API)."""
     chosen = ["--trainer.precision", precision] if precision else []
-    return cli_main(["predict", "--ckpt_path", str(trained.checkpoint), "--data.cache_dir", str(trained.cache),
-                     "--trainer.default_root_dir", str(trained.root), "--trainer.enable_progress_bar", "false", *chosen, *args])
+    return cli_main(
+        [
+            "predict",
+            "--ckpt_path",
+            str(trained.checkpoint),
+            "--data.cache_dir",
+            str(trained.cache),
+            "--trainer.default_root_dir",
+            str(trained.root),
+            "--trainer.enable_progress_bar",
+            "false",
+            *chosen,
+            *args,
+        ]
+    )
 
 
 def read_output(path):
@@ -39,8 +52,15 @@ def classifier(trained):
 def test_predict_each_format_in_input_order(fmt, out, trained, classifier, tmp_path):
     texts = TEXTS + ["   ", ""] if fmt != "txt" else TEXTS + ["   "]
     output = tmp_path / f"preds.{out}"
-    predict_cli(trained, "--data.predict_file", str(write_texts(tmp_path, fmt, texts)), "--prediction.output", str(output),
-                "--data.eval_batch_size", "4")
+    predict_cli(
+        trained,
+        "--data.predict_file",
+        str(write_texts(tmp_path, fmt, texts)),
+        "--prediction.output",
+        str(output),
+        "--data.eval_batch_size",
+        "4",
+    )
     rows = read_output(output)
     expected = classifier.predict(texts)
     assert [r["text"] for r in rows] == texts
@@ -60,8 +80,19 @@ def test_predict_without_file_uses_the_test_split(trained, tmp_path):
     rows = read_output(output)
     assert [int(r["id"]) for r in rows] == list(range(80))
     accuracy = sum(r["label"] == r["true_label"] for r in rows) / len(rows)
-    tested = cli_main(["test", "--ckpt_path", str(trained.checkpoint), "--data.cache_dir", str(trained.cache),
-                       "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    tested = cli_main(
+        [
+            "test",
+            "--ckpt_path",
+            str(trained.checkpoint),
+            "--data.cache_dir",
+            str(trained.cache),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert accuracy == pytest.approx(float(tested.trainer.callback_metrics["test_acc"]), abs=1e-6)
 
 
@@ -100,7 +131,15 @@ def test_predict_refuses_bad_outputs(trained, tmp_path, capsys):
 def test_predict_refuses_bad_input_files(trained, tmp_path, capsys):
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     out = ("--prediction.output", str(tmp_path / "p.csv"))
-    expect_error(capsys, "line 1 is not valid UTF-8", predict_cli, trained, "--data.predict_file", str(tmp_path / "latin.txt"), *out)
+    expect_error(
+        capsys,
+        "line 1 is not valid UTF-8",
+        predict_cli,
+        trained,
+        "--data.predict_file",
+        str(tmp_path / "latin.txt"),
+        *out,
+    )
     (tmp_path / "blank.txt").write_text("\n \n")
     expect_error(capsys, "every text", predict_cli, trained, "--data.predict_file", str(tmp_path / "blank.txt"), *out)
     (tmp_path / "t.csv").write_text("title\nhello\n")
@@ -140,12 +179,32 @@ def test_fast_inference_variants_agree_with_fp32(precision, trained, classifier)
 
 def test_predict_cli_int8_and_bf16_options(trained, tmp_path, capsys):
     path = write_texts(tmp_path, "txt", TEXTS)
-    cli = predict_cli(trained, "--data.predict_file", str(path), "--prediction.output", str(tmp_path / "a.csv"),
-                      "--prediction.int8", "true", precision=None)
+    cli = predict_cli(
+        trained,
+        "--data.predict_file",
+        str(path),
+        "--prediction.output",
+        str(tmp_path / "a.csv"),
+        "--prediction.int8",
+        "true",
+        precision=None,
+    )
     assert isinstance(cli.model.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
     assert str(cli.trainer.precision) == "32-true"  # int8 takes fp32 inputs: auto resolves to fp32
-    expect_error(capsys, "choose one fast path", predict_cli, trained, "--data.predict_file", str(path),
-                 "--prediction.output", str(tmp_path / "b.csv"), "--prediction.int8", "true", "--trainer.precision", "bf16-mixed")
+    expect_error(
+        capsys,
+        "choose one fast path",
+        predict_cli,
+        trained,
+        "--data.predict_file",
+        str(path),
+        "--prediction.output",
+        str(tmp_path / "b.csv"),
+        "--prediction.int8",
+        "true",
+        "--trainer.precision",
+        "bf16-mixed",
+    )
 
 
 def test_truncated_checkpoint_is_refused(trained, tmp_path, capsys):
@@ -153,11 +212,21 @@ def test_truncated_checkpoint_is_refused(trained, tmp_path, capsys):
     broken.write_bytes(trained.checkpoint.read_bytes()[:5000])
     with pytest.raises(AGNewsError, match="damaged or truncated"):
         Classifier.from_checkpoint(broken)
-    expect_error(capsys, "damaged or truncated", predict_cli, trained, "--ckpt_path", str(broken),
-                 "--prediction.output", str(tmp_path / "p.csv"))
+    expect_error(
+        capsys,
+        "damaged or truncated",
+        predict_cli,
+        trained,
+        "--ckpt_path",
+        str(broken),
+        "--prediction.output",
+        str(tmp_path / "p.csv"),
+    )
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_api_precision_is_auto_by_default(native, trained, monkeypatch):
-    monkeypatch.setattr("agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16"))
+    monkeypatch.setattr(
+        "agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16")
+    )
     assert Classifier.from_checkpoint(trained.checkpoint).precision == ("bf16" if native else "32")

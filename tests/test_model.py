@@ -40,11 +40,22 @@ def test_model_trains_with_dropout_on(tiny_bert):
 
 
 def fit_tiny(backbone, data_dir, root, **trainer_kwargs):
-    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(backbone), max_length=32, val_size=32,
-                          batch_size=16, cache_dir=str(root / "cache"))
+    dm = AGNewsDataModule(
+        dataset=str(data_dir),
+        tokenizer=str(backbone),
+        max_length=32,
+        val_size=32,
+        batch_size=16,
+        cache_dir=str(root / "cache"),
+    )
     model = AGNewsClassifier(backbone=str(backbone), learning_rate=1e-3, warmup_ratio=0.25)
-    trainer = L.Trainer(accelerator="cpu", default_root_dir=root, enable_progress_bar=False,
-                        enable_model_summary=False, **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        default_root_dir=root,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule=dm)
     return trainer, model, dm
 
@@ -57,7 +68,9 @@ def test_linear_warmup_then_decay_per_step(tiny_bert, data_dir, tmp_path):
     assert total == 16 and trainer.global_step == 16
     lrs = [scheduler.scheduler.lr_lambdas[0](step) * 1e-3 for step in range(total + 1)]
     assert lrs[0] == 0 and lrs[4] == pytest.approx(1e-3) and lrs[-1] == 0
-    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5])) and all(a > b for a, b in zip(lrs[4:-1], lrs[5:]))
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5], strict=False)) and all(
+        a > b for a, b in zip(lrs[4:-1], lrs[5:], strict=False)
+    )
 
 
 def test_checkpoint_is_self_contained(tmp_path, data_dir, tiny_bert):
@@ -88,7 +101,9 @@ def test_unknown_backbone_folder():
 
 
 def test_unreachable_hub_backbone():
-    with pytest.raises(AGNewsError, match="cannot download backbone config 'distilbert-base-uncased': HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        AGNewsError, match="cannot download backbone config 'distilbert-base-uncased': HF_HUB_OFFLINE is set"
+    ):
         AGNewsClassifier(backbone="distilbert-base-uncased")
 
 
@@ -114,14 +129,22 @@ def test_dropout_option_replaces_every_dropout(backbone, request):
 
 
 def test_fast_path_options_survive_the_checkpoint(tmp_path, data_dir, tiny_bert):
-    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, val_size=32,
-                          cache_dir=str(tmp_path / "cache"))
-    model = AGNewsClassifier(backbone=str(tiny_bert), learning_rate=1e-2, freeze_embeddings=True, dropout=0.0,
-                             attention="eager")
+    dm = AGNewsDataModule(
+        dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, val_size=32, cache_dir=str(tmp_path / "cache")
+    )
+    model = AGNewsClassifier(
+        backbone=str(tiny_bert), learning_rate=1e-2, freeze_embeddings=True, dropout=0.0, attention="eager"
+    )
     frozen = model.model.get_input_embeddings().weight.detach().clone()
     head = model.model.classifier.weight.detach().clone()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     assert torch.equal(model.model.get_input_embeddings().weight, frozen)
     assert not torch.equal(model.model.classifier.weight, head)
@@ -147,14 +170,30 @@ class Spy(AGNewsClassifier):
         return super().validation_step(batch, batch_idx)
 
 
-@pytest.mark.parametrize("attention, precision, trained", [("eager", "32-true", "eager"), ("auto", "bf16-mixed", "eager"),
-                                                            ("auto", "32-true", "sdpa")])
+@pytest.mark.parametrize(
+    "attention, precision, trained",
+    [("eager", "32-true", "eager"), ("auto", "bf16-mixed", "eager"), ("auto", "32-true", "sdpa")],
+)
 def test_training_attention_and_evaluation_attention(attention, precision, trained, tmp_path, data_dir, tiny_bert):
-    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, val_size=32,
-                          batch_size=32, cache_dir=str(tmp_path / "cache"))
+    dm = AGNewsDataModule(
+        dataset=str(data_dir),
+        tokenizer=str(tiny_bert),
+        max_length=32,
+        val_size=32,
+        batch_size=32,
+        cache_dir=str(tmp_path / "cache"),
+    )
     model = Spy(backbone=str(tiny_bert), attention=attention)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, val_check_interval=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, precision=precision)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        val_check_interval=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision=precision,
+    )
     trainer.fit(model, datamodule=dm)
     assert {impl for stage, impl in model.seen if stage == "train"} == {trained}
     assert {impl for stage, impl in model.seen if stage == "val"} == {"sdpa"}
@@ -215,3 +254,15 @@ def test_mean_pooling_through_an_mpnet_head(tiny_mpnet):
     loss = model.loss_fn(model(ids, mask), torch.tensor([0, 1]))
     loss.backward()
     assert model.model.mpnet.encoder.layer[0].attention.attn.q.weight.grad is not None
+
+
+def test_layer_decay_is_refused_where_layers_are_named_otherwise():
+    from types import SimpleNamespace
+
+    from agnews.model import parameter_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))  # layers named "0.", "1."
+    model.config = SimpleNamespace(num_hidden_layers=2)
+    with pytest.raises(AGNewsError, match="layer_decay=0.8 needs an encoder whose layers are named"):
+        parameter_groups(model, 0.01, 1e-3, layer_decay=0.8)
+    assert len(parameter_groups(model, 0.01, 1e-3, layer_decay=1.0)) == 2

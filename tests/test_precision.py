@@ -19,7 +19,12 @@ def write_cpuinfo(tmp_path, model: str, flags: str):
     "model, flags, native, why",
     [
         ("AMD EPYC 9R14", ZEN4_FLAGS, True, "avx512_bf16"),
-        ("Intel(R) Xeon(R) Platinum 8488C", SKYLAKE_FLAGS + " avx512_bf16 amx_bf16 amx_tile", True, "avx512_bf16/amx_bf16"),
+        (
+            "Intel(R) Xeon(R) Platinum 8488C",
+            SKYLAKE_FLAGS + " avx512_bf16 amx_bf16 amx_tile",
+            True,
+            "avx512_bf16/amx_bf16",
+        ),
         ("Intel(R) Xeon(R) CPU @ 2.50GHz", SKYLAKE_FLAGS, False, "no avx512_bf16/amx_bf16"),
     ],
 )

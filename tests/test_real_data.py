@@ -2,15 +2,16 @@
 
 import pytest
 
+from agnews import sources
 from agnews.train import cli_main
-from tests.conftest import ROOT, SHARED_AG_NEWS
+from tests.conftest import BUNDLED_AG_NEWS, ROOT
 
 
-def fit_then_test(config: str, tmp_path, *fit_args: str):
+def fit_then_test(config: str, tmp_path, *fit_args: str, dataset: bool = True):
     """`fit` a config briefly on the real data, then `test` its best checkpoint on 400 or fewer test rows."""
-    common = ["--data.dataset", str(SHARED_AG_NEWS), "--data.cache_dir", str(tmp_path / "cache"),
-              "--trainer.enable_progress_bar", "false"]
-    cli_main(["fit", "--config", str(ROOT / "configs" / config), *common, *fit_args])
+    common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
+    named = ["--data.dataset", str(BUNDLED_AG_NEWS)] if dataset else []
+    cli_main(["fit", "--config", str(ROOT / "configs" / config), *named, *common, *fit_args])
     cli = cli_main(["test", *common, "--data.test_size", "400"])
     return cli, float(cli.trainer.callback_metrics["test_acc"])
 
@@ -18,8 +19,20 @@ def fit_then_test(config: str, tmp_path, *fit_args: str):
 @pytest.mark.slow
 def test_minilm_briefly_trained_beats_chance_on_held_out_test_rows(minilm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _, accuracy = fit_then_test("offline.yaml", tmp_path, "--data.train_size", "320", "--data.val_size", "64",
-                                "--data.max_length", "64", "--model.learning_rate", "3e-4", "--trainer.max_epochs", "2")
+    _, accuracy = fit_then_test(
+        "offline.yaml",
+        tmp_path,
+        "--data.train_size",
+        "320",
+        "--data.val_size",
+        "64",
+        "--data.max_length",
+        "64",
+        "--model.learning_rate",
+        "3e-4",
+        "--trainer.max_epochs",
+        "2",
+    )
     assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"
 
 
@@ -27,8 +40,41 @@ def test_minilm_briefly_trained_beats_chance_on_held_out_test_rows(minilm, tmp_p
 def test_recipe_trains_the_upstream_mpnet_from_its_packages(mpnet, tmp_path, monkeypatch):
     # the recipe's own config and encoder (checked against the upstream weights' hash on unpacking), on 160 rows
     monkeypatch.chdir(tmp_path)
-    cli, accuracy = fit_then_test("recipe.yaml", tmp_path, "--data.train_size", "160", "--data.val_size", "32",
-                                  "--data.max_length", "48", "--model.learning_rate", "2e-4",
-                                  "--trainer.max_epochs", "2")
+    cli, accuracy = fit_then_test(
+        "recipe.yaml",
+        tmp_path,
+        "--data.train_size",
+        "160",
+        "--data.val_size",
+        "32",
+        "--data.max_length",
+        "48",
+        "--model.learning_rate",
+        "2e-4",
+        "--trainer.max_epochs",
+        "2",
+    )
     assert cli.model.hparams.backbone == mpnet
+    assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"
+
+
+@pytest.mark.slow
+def test_default_run_without_the_hub_trains_minilm_on_the_bundled_rows(minilm, tmp_path, monkeypatch):
+    # what `make fit` does on a machine without the hub: nothing named, so agnews chooses (HF_HUB_OFFLINE=1 here)
+    monkeypatch.chdir(tmp_path)
+    sources.hub_status.cache_clear()
+    cli, accuracy = fit_then_test(
+        "default.yaml",
+        tmp_path,
+        "--data.train_size",
+        "320",
+        "--data.max_length",
+        "64",
+        "--trainer.max_epochs",
+        "2",
+        dataset=False,
+    )
+    assert cli.model.hparams.backbone == minilm and cli.model.hparams.pooling == "mean"
+    assert cli.datamodule.hparams.dataset == str(sources.BUNDLED_DATASET)
+    assert "offline default" in cli.model.hparams.chosen_by
     assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"

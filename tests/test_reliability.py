@@ -15,15 +15,32 @@ import torch
 from agnews.checkpoints import read_checkpoint
 from agnews.data import AGNewsDataModule, read_cache
 from agnews.train import cli_main
-from tests.conftest import ROOT, make_rows, write_split
+from tests.conftest import ROOT
 
 
 def fit_args(tiny_bert, data, root, *extra) -> list[str]:
     return [
-        "--model.backbone", str(tiny_bert), "--model.learning_rate", "1e-2", "--data.batch_size", "16",
-        "--data.dataset", str(data), "--data.max_length", "32", "--data.val_size", "32",
-        "--data.cache_dir", str(root / "cache"), "--trainer.default_root_dir", str(root),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
+        "--model.backbone",
+        str(tiny_bert),
+        "--model.learning_rate",
+        "1e-2",
+        "--data.batch_size",
+        "16",
+        "--data.dataset",
+        str(data),
+        "--data.max_length",
+        "32",
+        "--data.val_size",
+        "32",
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
     ]
 
 
@@ -49,8 +66,20 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(signum, tiny_
     )
     # 8 batches per epoch: step 13 is the middle of the second epoch
     interrupted = subprocess.run(
-        [sys.executable, "-m", "agnews.train", "fit", "--config", str(tmp_path / "signal.yaml"), *fit_args(tiny_bert, data_dir, root, *common)],
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "agnews.train",
+            "fit",
+            "--config",
+            str(tmp_path / "signal.yaml"),
+            *fit_args(tiny_bert, data_dir, root, *common),
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert interrupted.returncode == 128 + signum, interrupted.stderr[-2000:]
     assert f"{signal.Signals(signum).name}: stopped at epoch 1, step 13" in interrupted.stderr
@@ -63,7 +92,9 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(signum, tiny_
     resumed = cli_main(["fit", *fit_args(tiny_bert, data_dir, root, *common), "--ckpt_path", "last"])
     assert resumed.trainer.global_step == reference.trainer.global_step == 24
     for key in ("val_loss", "val_acc"):
-        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(float(reference.trainer.callback_metrics[key]), abs=1e-6)
+        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(
+            float(reference.trainer.callback_metrics[key]), abs=1e-6
+        )
     final = weights(Path(resumed.trainer.checkpoint_callback.last_model_path))
     expected = weights(Path(reference.trainer.checkpoint_callback.last_model_path))
     for name, tensor in expected.items():
@@ -77,10 +108,21 @@ def val_losses(cli) -> list[float]:
 
 def test_same_seed_same_curves_and_the_seed_is_saved(tiny_bert, data_dir, tmp_path, capsys):
     # default dropout on: the seed decides the masks, the head's initialisation and the batch order
-    runs = [cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / f"r{i}", "--trainer.max_epochs", "2",
-                                       "--seed_everything", "7")]) for i in range(2)]
+    runs = [
+        cli_main(
+            [
+                "fit",
+                *fit_args(
+                    tiny_bert, data_dir, tmp_path / f"r{i}", "--trainer.max_epochs", "2", "--seed_everything", "7"
+                ),
+            ]
+        )
+        for i in range(2)
+    ]
     assert val_losses(runs[0]) == val_losses(runs[1]) and len(val_losses(runs[0])) == 2
-    other = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "r2", "--trainer.max_epochs", "2", "--seed_everything", "8")])
+    other = cli_main(
+        ["fit", *fit_args(tiny_bert, data_dir, tmp_path / "r2", "--trainer.max_epochs", "2", "--seed_everything", "8")]
+    )
     assert val_losses(other) != val_losses(runs[0])
     assert "seed: 7" in capsys.readouterr().out
     config = (tmp_path / "r0" / "lightning_logs" / "version_0" / "config.yaml").read_text()
@@ -139,7 +181,9 @@ def test_two_processes_preparing_one_cache(data_dir, tiny_bert, tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     cache = tmp_path / "cache"
-    workers = [context.Process(target=_prepare, args=(str(data_dir), str(tiny_bert), str(cache), queue)) for _ in range(2)]
+    workers = [
+        context.Process(target=_prepare, args=(str(data_dir), str(tiny_bert), str(cache), queue)) for _ in range(2)
+    ]
     for w in workers:
         w.start()
     logs = [queue.get(timeout=120) for _ in workers]
@@ -184,8 +228,19 @@ def test_truncated_checkpoint_is_refused_by_test_and_fit(trained, tmp_path, caps
     broken.write_bytes(trained.checkpoint.read_bytes()[:-4000])
     for sub in ("test", "fit"):
         with pytest.raises(SystemExit) as exit_:
-            cli_main([sub, "--ckpt_path", str(broken), "--data.cache_dir", str(trained.cache), "--data.dataset", str(trained.data),
-                      "--trainer.default_root_dir", str(tmp_path)])
+            cli_main(
+                [
+                    sub,
+                    "--ckpt_path",
+                    str(broken),
+                    "--data.cache_dir",
+                    str(trained.cache),
+                    "--data.dataset",
+                    str(trained.data),
+                    "--trainer.default_root_dir",
+                    str(tmp_path),
+                ]
+            )
         assert exit_.value.code == 2
         assert "damaged or truncated" in capsys.readouterr().err
 
@@ -194,8 +249,14 @@ def test_truncated_checkpoint_is_refused_by_test_and_fit(trained, tmp_path, caps
 def test_two_processes_train_as_one_ddp(tiny_bert, data_dir, tmp_path):
     root = tmp_path / "ddp"
     args = fit_args(tiny_bert, data_dir, root, "--trainer.max_epochs", "2")
-    run = subprocess.run([sys.executable, "-m", "agnews.train", "fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
-                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    run = subprocess.run(
+        [sys.executable, "-m", "agnews.train", "fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr
     assert log.count("cache miss for train") == 1  # prepared once, by local rank 0
@@ -208,15 +269,41 @@ def test_two_processes_train_as_one_ddp(tiny_bert, data_dir, tmp_path):
     best = runs[0] / "checkpoints" / next(c for c in checkpoints if c != "last.ckpt")
 
     # the validation accuracy DDP logged (synchronised over both halves) is what one process measures
-    single = cli_main(["validate", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "single"),
-                       "--trainer.precision", "bf16-mixed"])
+    single = cli_main(
+        [
+            "validate",
+            "--ckpt_path",
+            str(best),
+            *fit_args(tiny_bert, data_dir, tmp_path / "single"),
+            "--trainer.precision",
+            "bf16-mixed",
+        ]
+    )
     ddp_val_acc = float(best.name.split("val_acc=")[1].removesuffix(".ckpt"))
     assert float(single.trainer.callback_metrics["val_acc"]) == pytest.approx(ddp_val_acc, abs=1e-4)
 
     tested = cli_main(["test", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "single")])
     single_report = json.loads((best.parent / "test_report.json").read_text())
-    run = subprocess.run([sys.executable, "-m", "agnews.train", "test", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "t2"),
-                          "--trainer.devices", "2", "--trainer.strategy", "ddp"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agnews.train",
+            "test",
+            "--ckpt_path",
+            str(best),
+            *fit_args(tiny_bert, data_dir, tmp_path / "t2"),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+        ],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     ddp_report = json.loads((best.parent / "test_report.json").read_text())
     assert ddp_report["accuracy"] == pytest.approx(single_report["accuracy"], abs=1e-6)
@@ -226,8 +313,22 @@ def test_two_processes_train_as_one_ddp(tiny_bert, data_dir, tmp_path):
 
 def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tiny_bert, data_dir, tmp_path):
     # the monitored value never improves after epoch 0 (the smallest epoch number is "best")
-    cli = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path, "--trainer.max_epochs", "3",
-                                     "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min")])
+    cli = cli_main(
+        [
+            "fit",
+            *fit_args(
+                tiny_bert,
+                data_dir,
+                tmp_path,
+                "--trainer.max_epochs",
+                "3",
+                "--checkpoint.monitor",
+                "epoch",
+                "--checkpoint.mode",
+                "min",
+            ),
+        ]
+    )
     folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     assert read_checkpoint(folder / "last.ckpt")["global_step"] == cli.trainer.global_step == 24
     assert [read_checkpoint(p)["epoch"] for p in folder.glob("epoch=*.ckpt")] == [0]

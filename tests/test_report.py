@@ -15,8 +15,11 @@ def test_report_numbers_match_a_hand_checked_example(tiny_bert):
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
     preds = torch.tensor([0, 0, 1, 1, 1, 2, 3, 2, 3, 0])
     model.test_details.update(torch.nn.functional.one_hot(preds, 4).float(), labels)
-    trainer = SimpleNamespace(ckpt_path="run/checkpoints/best.ckpt", datamodule=None,
-                              callback_metrics={"test_acc": torch.tensor(0.7), "test_loss": torch.tensor(0.5)})
+    trainer = SimpleNamespace(
+        ckpt_path="run/checkpoints/best.ckpt",
+        datamodule=None,
+        callback_metrics={"test_acc": torch.tensor(0.7), "test_loss": torch.tensor(0.5)},
+    )
     report = build_report(model, trainer, model.test_details.compute(), seconds=1.0)
 
     assert report["confusion_matrix"]["counts"] == [[2, 1, 0, 0], [0, 2, 0, 0], [0, 0, 2, 1], [1, 0, 0, 1]]
@@ -29,6 +32,11 @@ def test_report_numbers_match_a_hand_checked_example(tiny_bert):
     assert [c["support"] for c in report["classes"]] == [3, 2, 3, 2]
     assert report["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.8 + 0.5) / 4)
     assert report["rows"] == 10 and report["accuracy"] == pytest.approx(0.7)
+    # imbalanced classes (3, 2, 3, 2): plain accuracy 7/10, balanced accuracy (mean recall) differs
+    assert report["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 2 / 3 + 1 / 2) / 4)
+    logits = torch.nn.functional.one_hot(preds, 4).float()
+    for metric in (model.train_acc, model.val_acc, model.test_acc):  # every stage logs plain accuracy
+        assert float(metric(logits, labels)) == pytest.approx(0.7)
     markdown = render_markdown(report)
     assert "| A | 2 | 1 | 0 | 0 |" in markdown and "| B | 0.6667 | 1.0000 | 0.8000 | 2 |" in markdown
 

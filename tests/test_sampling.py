@@ -58,15 +58,24 @@ def test_sorted_eval_batches_cover_all_rows_longest_first():
 
 
 def test_in_original_order():
-    batches = [{"index": torch.tensor([2, 0]), "x": torch.tensor([20, 0])}, {"index": torch.tensor([1]), "x": torch.tensor([10])}]
+    batches = [
+        {"index": torch.tensor([2, 0]), "x": torch.tensor([20, 0])},
+        {"index": torch.tensor([1]), "x": torch.tensor([10])},
+    ]
     assert in_original_order(batches)["x"].tolist() == [0, 10, 20]
 
 
 def predict(tiny_bert, data_dir, tmp_path, group_by_length: bool, precision: str = "32-true"):
     L.seed_everything(0)
     model = AGNewsClassifier(backbone=str(tiny_bert))
-    dm = AGNewsDataModule(dataset=str(data_dir), tokenizer=str(tiny_bert), max_length=32, eval_batch_size=7,
-                          cache_dir=str(tmp_path / "cache"), group_by_length=group_by_length)
+    dm = AGNewsDataModule(
+        dataset=str(data_dir),
+        tokenizer=str(tiny_bert),
+        max_length=32,
+        eval_batch_size=7,
+        cache_dir=str(tmp_path / "cache"),
+        group_by_length=group_by_length,
+    )
     trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
     return in_original_order(trainer.predict(model, datamodule=dm))
 

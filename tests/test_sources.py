@@ -36,12 +36,23 @@ def offline_default(monkeypatch, tiny_bert, data_dir):
 
 
 def run_args(tmp_path):
-    return ["--data.max_length", "32", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "1",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    return [
+        "--data.max_length",
+        "32",
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
 
 
-def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(hub, offline_default, tiny_bert, data_dir,
-                                                                    tmp_path, monkeypatch, capsys, caplog):
+def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(
+    hub, offline_default, tiny_bert, data_dir, tmp_path, monkeypatch, capsys, caplog
+):
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["fit", *run_args(tmp_path)])
     err = capsys.readouterr()
@@ -52,7 +63,9 @@ def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(hub, offli
     assert cli.model.hparams.chosen_by == line and f"chosen by agnews: {line}" in err.out
     assert "min per epoch (9 batches)" in caplog.text  # the estimate, once the first batches have run
     cli = cli_main(["test", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"])
-    report = (cli.trainer.ckpt_path and open(os.path.join(os.path.dirname(cli.trainer.ckpt_path), "test_report.md")).read())
+    report = (
+        cli.trainer.ckpt_path and open(os.path.join(os.path.dirname(cli.trainer.ckpt_path), "test_report.md")).read()
+    )
     assert line in report and str(tiny_bert) in report
 
 
@@ -71,8 +84,11 @@ def test_named_backbone_or_dataset_never_falls_back(hub, tiny_bert, data_dir):
     model, data, line = sources.choose_defaults({"backbone"}, {"dataset"})
     assert (model, data, line) == ({}, {}, None) and hub["probes"] == 0
     model, data, line = sources.choose_defaults({"backbone", "learning_rate"}, set())
-    assert model == {} and data == {"dataset": str(sources.BUNDLED_DATASET)} and line == (
-        f"offline default: data {sources.BUNDLED_DATASET} (the hub is unreachable (test))")
+    assert (
+        model == {}
+        and data == {"dataset": str(sources.BUNDLED_DATASET)}
+        and line == (f"offline default: data {sources.BUNDLED_DATASET} (the hub is unreachable (test))")
+    )
     model, data, _ = sources.choose_defaults({"pooling"}, {"dataset"})
     assert model == {"backbone": sources.OFFLINE_BACKBONE, "learning_rate": 1e-4} and data == {}
 
@@ -80,12 +96,29 @@ def test_named_backbone_or_dataset_never_falls_back(hub, tiny_bert, data_dir):
 def test_named_hub_model_fails_in_seconds_with_one_line(tmp_path, data_dir):
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-m", "agnews.train", "fit", "--model.backbone", "distilbert-base-uncased",
-                             "--data.dataset", str(data_dir)], cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agnews.train",
+            "fit",
+            "--model.backbone",
+            "distilbert-base-uncased",
+            "--data.dataset",
+            str(data_dir),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     seconds = time.perf_counter() - start
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "agnews: error: cannot download backbone config 'distilbert-base-uncased': the hub is unreachable")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("agnews: error: cannot download backbone config 'distilbert-base-uncased': the hub is unreachable")
+    )
     assert seconds < 10, f"{seconds:.1f} s to the error"
     assert not (tmp_path / "lightning_logs").exists()
 
@@ -98,8 +131,22 @@ def test_half_downloaded_hub_cache_is_one_line(hub, tmp_path, data_dir, capsys):
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-m", "agnews.train", "fit", "--model.backbone", "distilbert-base-uncased",
-                             "--data.dataset", str(data_dir)], cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agnews.train",
+            "fit",
+            "--model.backbone",
+            "distilbert-base-uncased",
+            "--data.dataset",
+            str(data_dir),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "agnews: error: cannot download" in result.stderr.strip().splitlines()[-1]
     assert "HF_HUB_OFFLINE is set" in result.stderr
@@ -158,3 +205,14 @@ def test_named_hub_dataset_without_the_hub_is_one_line(hub, tiny_bert, data_dir,
     with pytest.raises(SystemExit):
         cli_main(["fit", *args])
     assert "cannot download dataset 'someone/news': the hub is unreachable (test)" in capsys.readouterr().err
+
+
+def test_bundled_rows_are_the_real_copy():
+    from tests.conftest import SHARED_AG_NEWS
+
+    if not SHARED_AG_NEWS.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SHARED_AG_NEWS} is missing, and CI must compare the bundled rows with it")
+        pytest.skip(f"needs {SHARED_AG_NEWS}")
+    for name in ("train.parquet", "test.parquet"):
+        assert (sources.BUNDLED_DATASET / name).read_bytes() == (SHARED_AG_NEWS / name).read_bytes()

@@ -4,7 +4,7 @@ import pytest
 from agnews.errors import AGNewsError
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
 
-TEXTS = ["Shares of the bank rose.", "", "The coach, \"furious\", left; the team lost.", "Új rekord: NASA 火星 probe"]
+TEXTS = ["Shares of the bank rose.", "", 'The coach, "furious", left; the team lost.', "Új rekord: NASA 火星 probe"]
 
 
 def write_texts(folder, fmt: str, texts=TEXTS):
@@ -45,8 +45,11 @@ def test_non_utf8_names_the_line(tmp_path):
 def test_file_without_text_column(fmt, tmp_path):
     path = tmp_path / f"in.{fmt}"
     frame = pd.DataFrame({"headline": ["a", "b"]})
-    {"csv": lambda: frame.to_csv(path, index=False), "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     "parquet": lambda: frame.to_parquet(path)}[fmt]()
+    {
+        "csv": lambda: frame.to_csv(path, index=False),
+        "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        "parquet": lambda: frame.to_parquet(path),
+    }[fmt]()
     with pytest.raises(AGNewsError, match=r"no 'text' column \(columns: headline\)"):
         read_texts(path)
 

@@ -12,10 +12,24 @@ from tests.conftest import ROOT
 
 def tiny_args(tiny_bert, data_dir, tmp_path) -> list[str]:
     return [
-        "--model.backbone", str(tiny_bert), "--model.learning_rate", "1e-3",
-        "--data.dataset", str(data_dir), "--data.max_length", "32", "--data.val_size", "32",
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "2",
+        "--model.backbone",
+        str(tiny_bert),
+        "--model.learning_rate",
+        "1e-3",
+        "--data.dataset",
+        str(data_dir),
+        "--data.max_length",
+        "32",
+        "--data.val_size",
+        "32",
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.log_every_n_steps",
+        "2",
     ]
 
 
@@ -45,8 +59,17 @@ def test_fit_keeps_best_and_last_only_and_test_picks_best(fitted, tiny_bert, dat
 
 def test_test_reuses_the_runs_data_settings(fitted, tiny_bert, data_dir, tmp_path, tiny_distilbert):
     # the bare command: model, tokenizer and data settings come from the checkpoint, not the CLI defaults
-    cli = cli_main(["test", "--data.dataset", str(data_dir), "--data.cache_dir", str(tmp_path / "cache"),
-                    "--trainer.enable_progress_bar", "false"])
+    cli = cli_main(
+        [
+            "test",
+            "--data.dataset",
+            str(data_dir),
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert cli.datamodule.hparams.max_length == 32
     assert cli.model.model.config.hidden_size == 32
 
@@ -102,15 +125,24 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     "native, flags, expected, says",
     [
         (True, [], "bf16-mixed", "precision auto -> bf16-mixed (CPU Test CPU: amx_bf16; native bf16)"),
-        (False, [], "32-true", "precision auto -> 32-true (CPU Test CPU: no avx512_bf16/amx_bf16; bf16 would be emulated"),
+        (
+            False,
+            [],
+            "32-true",
+            "precision auto -> 32-true (CPU Test CPU: no avx512_bf16/amx_bf16; bf16 would be emulated",
+        ),
         (True, ["--trainer.precision", "32-true"], "32-true", None),
         (False, ["--trainer.precision", "bf16-mixed"], "bf16-mixed", "warning: precision bf16-mixed on CPU Test CPU"),
     ],
 )
-def test_precision_follows_the_cpu_unless_named(native, flags, expected, says, tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+def test_precision_follows_the_cpu_unless_named(
+    native, flags, expected, says, tiny_bert, data_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("agnews.precision.cpu", lambda: CPU("Test CPU", frozenset()))
-    monkeypatch.setattr("agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16"))
+    monkeypatch.setattr(
+        "agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16")
+    )
     cli = cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.fast_dev_run", "1", *flags])
     assert cli.trainer.precision == expected
     err = capsys.readouterr().err
