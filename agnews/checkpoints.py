@@ -10,9 +10,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from agnews.errors import AGNewsError, TrainingInterrupted
+from agnews.internals import CheckpointHooks
 
 LOG_ROOT = Path("lightning_logs")
 
@@ -66,7 +66,7 @@ def find_checkpoint(log_root: Path, which: str) -> Path:
     )
 
 
-class SafeCheckpoint(ModelCheckpoint):
+class SafeCheckpoint(CheckpointHooks):
     """ModelCheckpoint that survives what ends CPU runs early.
 
     - SIGINT (Ctrl-C) or SIGTERM during `fit`: the current batch finishes, `last.ckpt` is written at that
@@ -116,39 +116,35 @@ class SafeCheckpoint(ModelCheckpoint):
         self._restore_handlers()
         super().on_exception(trainer, pl_module, exception)
 
-    def _refresh_last(self, trainer: L.Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        if self.saves_on_train_epoch_end(trainer):
+            self.refresh_last(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        if not self.saves_on_train_epoch_end(trainer):
+            self.refresh_last(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         # every process stops at the same step, whichever of them got the signal
         if not trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False):
             return
+        batch_idx = args[-1] if args else kwargs.get("batch_idx", 0)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 < trainer.num_training_batches:
+            return  # mid-accumulation: the gradients summed so far are not in a checkpoint, finish the step first
         signum = self._signal or signal.SIGTERM
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        self._save_checkpoint(trainer, path)
+        self.write(trainer, path)
         raise TrainingInterrupted(
             signum,
             f"{signal.Signals(signum).name}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
             f"saved {path}. Continue with: python -m agnews.train fit --ckpt_path last (and the same options)",
         )
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        try:
-            super()._save_checkpoint(trainer, filepath)
-        except OSError as err:
-            raise AGNewsError(
-                f"cannot write checkpoint {filepath} ({err.strerror or err}); earlier checkpoints are kept. "
-                f"Make {os.path.dirname(filepath)} writable or free space, then resume with fit --ckpt_path last"
-            ) from None
+    def on_write_error(self, filepath: str, error: OSError) -> None:
+        raise AGNewsError(
+            f"cannot write checkpoint {filepath} ({error.strerror or error}); earlier checkpoints are kept. "
+            f"Make {os.path.dirname(filepath)} writable or free space, then resume with fit --ckpt_path last"
+        ) from None

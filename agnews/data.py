@@ -2,7 +2,6 @@
 
 import csv
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -12,48 +11,26 @@ import lightning as L
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_info
-from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from agnews import backbone
+from agnews.batching import (
+    LengthGroupedBatchSampler,
+    PadCollator,
+    ResumableDataLoader,
+    SeededShuffle,
+    SortedBatchSampler,
+    TokenizedDataset,
+)
 from agnews.errors import AGNewsError
-from agnews.sampling import LengthGroupedBatchSampler, ResumableDataLoader, SeededShuffle, SortedBatchSampler
+from agnews.internals import dataset_fingerprint
 from agnews.sources import hub_status
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
+from agnews.token_cache import DamagedCache, TokenCache, read_cache
 
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", ".arrow")
-# Bump when the layout of the cached tensors changes, so old files are never read as new ones.
-CACHE_FORMAT = 2
-
-
-class DamagedCache(Exception):
-    pass
-
-
-def _checksum(tensors: dict) -> str:
-    digest = hashlib.sha256()
-    for key in ("input_ids", "lengths", "labels"):
-        digest.update(tensors[key].numpy().tobytes())
-    return digest.hexdigest()
-
-
-def read_cache(path: Path) -> dict:
-    """A cached split, checked: it loads, its tensors fit together, and their checksum is the one recorded."""
-    try:
-        tensors = torch.load(path, weights_only=True)
-    except Exception as err:  # truncated zip, garbage bytes, wrong pickle: all mean "not a usable cache"
-        raise DamagedCache(f"does not load ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    if not isinstance(tensors, dict) or not {"input_ids", "lengths", "labels", "checksum"} <= set(tensors):
-        raise DamagedCache("lacks the expected tensors")
-    lengths = tensors["lengths"]
-    if len(lengths) != len(tensors["labels"]) or int(lengths.long().sum()) != len(tensors["input_ids"]):
-        raise DamagedCache("has tensors of inconsistent shapes")
-    if _checksum(tensors) != tensors["checksum"]:
-        raise DamagedCache("does not match its recorded checksum")
-    return tensors
 
 
 def _is_classic_csv(folder: Path) -> bool:
@@ -177,50 +154,6 @@ def stratified_take(labels: np.ndarray, size: int | float, generator: torch.Gene
     return np.sort(np.concatenate(taken)), np.sort(np.concatenate(rest))
 
 
-class TokenizedDataset(Dataset):
-    """Rows of a cached split: token ids stored flat, sliced per row (no padding stored)."""
-
-    def __init__(self, split: dict, rows: np.ndarray | None = None):
-        self.input_ids = split["input_ids"]
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), split["lengths"].long().cumsum(0)])
-        self.labels = split["labels"]
-        self.rows = torch.arange(len(self.labels)) if rows is None else torch.as_tensor(rows)
-        self.lengths = split["lengths"][self.rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = self.rows[i]
-        return self.input_ids[self.offsets[row] : self.offsets[row + 1]], self.labels[row], i
-
-
-class PadCollator:
-    """Pad each batch to its own longest row, as `DataCollatorWithPadding` does, without a Python tokenizer call."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, batch):
-        ids, labels, index = zip(*batch, strict=False)
-        input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
-        lengths = torch.tensor([len(x) for x in ids])
-        attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": torch.stack(labels),
-            "index": torch.tensor(index),  # position in the dataset, to undo length sorting
-        }
-
-
-def in_original_order(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Join per-batch prediction dicts (each with an `index`) back into the dataset's row order."""
-    index = torch.cat([b["index"] for b in batches])
-    order = torch.argsort(index)
-    return {key: torch.cat([b[key] for b in batches])[order] for key in batches[0]}
-
-
 class AGNewsDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -256,11 +189,14 @@ class AGNewsDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if max_length < 2:
             raise AGNewsError(f"max_length={max_length} is too short; use at least 2 (e.g. 128)")
+        self.cache = TokenCache(cache_dir, max_length)
         self.class_names: list[str] | None = None
         self.pad_token_id: int | None = None
         self.train_set = self.val_set = self.test_set = self.predict_set = None
         self.predict_texts: list[str] | None = None  # the predict file's rows, blank ones included
         self.predict_rows: list[int] | None = None  # the rows predicted (not blank)
+        self._train_loader: ResumableDataLoader | None = None
+        self._loader_state: dict | None = None  # restored from a checkpoint, for the next training loader
 
     # ---- preparation: runs once per machine, writes files only ----
 
@@ -273,19 +209,6 @@ class AGNewsDataModule(L.LightningDataModule):
             stage, ["train", "test"]
         )
 
-    def _cache_path(self, split: str, data_fingerprint: str, tokenizer_fingerprint: str) -> Path:
-        key = json.dumps(
-            {
-                "format": CACHE_FORMAT,
-                "data": data_fingerprint,
-                "split": split,
-                "tokenizer": tokenizer_fingerprint,
-                "max_length": self.hparams.max_length,
-            },
-            sort_keys=True,
-        )
-        return Path(self.hparams.cache_dir).expanduser() / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-
     def _locate(self, splits: list[str]):
         """The cache file of each split, the tokenizer, and the raw data where finding the files needed it."""
         hp = self.hparams
@@ -296,9 +219,10 @@ class AGNewsDataModule(L.LightningDataModule):
             fingerprints = dict.fromkeys(splits, _folder_fingerprint(local))
         else:
             loaded = self._load_raw(splits)
-            fingerprints = {split: loaded[0][split]._fingerprint for split in splits}
+            fingerprints = {split: dataset_fingerprint(loaded[0][split]) for split in splits}
         tok_fp = backbone.tokenizer_fingerprint(tokenizer)
-        return {split: self._cache_path(split, fingerprints[split], tok_fp) for split in splits}, tokenizer, loaded
+        paths = {split: self.cache.path(split, fingerprints[split], tok_fp) for split in splits}
+        return paths, tokenizer, loaded
 
     def _load_raw(self, splits: list[str]):
         raw, class_names = load_raw(self.hparams.dataset)
@@ -325,26 +249,12 @@ class AGNewsDataModule(L.LightningDataModule):
                 f"max_length={hp.max_length} exceeds what {hp.tokenizer!r} accepts ({limit}); set --data.max_length {limit} or less"
             )
         for split, path in paths.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # one process tokenizes, others wait and then find its file (the write itself is atomic too)
-            with FileLock(path.with_name(f".{path.name}.lock")):
-                if self._valid_cache(path, split):
+            with self.cache.lock(path):  # one process tokenizes, others wait and then find its file
+                if self.cache.is_valid(path, split):
                     rank_zero_info(f"agnews: cache hit for {split}: {path}")
                     continue
                 raw, class_names = loaded = loaded or self._load_raw(splits)
                 self._tokenize_and_save(raw[split], split, class_names, tokenizer, path)
-
-    @staticmethod
-    def _valid_cache(path: Path, split: str) -> bool:
-        if not path.is_file():
-            return False
-        try:
-            read_cache(path)
-            return True
-        except DamagedCache as err:
-            rank_zero_info(f"agnews: warning: the cached {split} split {path} {err}; rebuilding it")
-            path.unlink(missing_ok=True)
-            return False
 
     def _tokenize_and_save(self, ds, split: str, class_names: list[str], tokenizer, path: Path) -> None:
         hp = self.hparams
@@ -357,10 +267,10 @@ class AGNewsDataModule(L.LightningDataModule):
         if len(labels) == 0:
             raise AGNewsError(f"the {split} split of {hp.dataset!r} is empty")
         n = len(class_names)
-        bad = next((v for v in labels.tolist() if type(v) is not int or not 0 <= v < n), None)
-        if bad is not None:
+        bad = [v for v in labels.tolist() if type(v) is not int or not 0 <= v < n]  # a list: a bad one may be None
+        if bad:
             raise AGNewsError(
-                f"the {split} split of {hp.dataset!r} has label {bad!r}; labels must be integers 0..{n - 1} ({', '.join(class_names)})"
+                f"the {split} split of {hp.dataset!r} has label {bad[0]!r}; labels must be integers 0..{n - 1} ({', '.join(class_names)})"
             )
         if any(t is None for t in ds["text"]):
             raise AGNewsError(f"the {split} split of {hp.dataset!r} has empty (null) texts; drop or fill those rows")
@@ -382,15 +292,8 @@ class AGNewsDataModule(L.LightningDataModule):
             "class_names": list(class_names),
             "pad_token_id": int(tokenizer.pad_token_id or 0),
         }
-        tensors["checksum"] = _checksum(tensors)
         seconds = time.perf_counter() - start
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(tensors, tmp)
-            os.replace(tmp, path)  # atomic: readers see the old state or the whole file, never half of it
-        finally:
-            tmp.unlink(missing_ok=True)
+        self.cache.write(path, tensors)
         rank_zero_info(f"agnews: cache miss for {split}: tokenized {len(labels):,} rows in {seconds:.2f} s -> {path}")
 
     # ---- setup: runs in every process, assigns state ----
@@ -476,17 +379,30 @@ class AGNewsDataModule(L.LightningDataModule):
         )
         if not train:
             return DataLoader(dataset, **kwargs)
-        return ResumableDataLoader(dataset, batches_done=self._batches_done, **kwargs)
+        return ResumableDataLoader(dataset, progress=self._progress, **kwargs)
 
-    def _batches_done(self, batches_per_epoch: int) -> int:
-        """Batches of the current epoch that a resumed run has already trained on (0 at an epoch's start)."""
+    def _progress(self) -> tuple[int, int]:
+        """(epoch, batches trained in it so far), from the trainer's own counters."""
         trainer = self.trainer
-        if trainer is None or batches_per_epoch == 0 or trainer.accumulate_grad_batches != 1:
-            return 0
-        return trainer.global_step % batches_per_epoch
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, train=True)
+        self._train_loader = self._loader(self.train_set, self.hparams.batch_size, train=True)
+        if self._loader_state is not None:
+            self._train_loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        return self._train_loader
+
+    # The training loader's position travels in the checkpoint through these DataModule hooks, which Lightning
+    # restores before anything asks for the loader (`estimated_stepping_batches` builds it before the loops'
+    # own loader state would be restored). The loader implements the same interface for Lightning itself.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loader_state = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, train=False)

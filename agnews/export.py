@@ -5,17 +5,15 @@ as `id2label`, so that `transformers.pipeline("text-classification", model=OUT_D
 """
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from agnews.atomic import atomic_folder
+from agnews.checkpoints import LOG_ROOT
 from agnews.errors import AGNewsError
 
 
-def export(
-    ckpt_path: str, out_dir: str | Path, log_root: str | Path = "lightning_logs", overwrite: bool = False
-) -> Path:
+def export(ckpt_path: str, out_dir: str | Path, log_root: str | Path = LOG_ROOT, overwrite: bool = False) -> Path:
     from agnews.inference import Classifier
 
     out = Path(out_dir).expanduser()
@@ -37,19 +35,9 @@ def export(
     # the pipeline truncates where training did, when called with truncation=True
     tokenizer.model_max_length = classifier.max_length
     # written beside the target and renamed into place: a failed export never leaves a half folder behind
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(out, replace=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -59,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ckpt_path", default="best", help="a .ckpt file, or best/last of the latest run (default: best)"
     )
-    parser.add_argument("--log_root", default="lightning_logs", help="where runs are looked up for best/last")
+    parser.add_argument("--log_root", default=str(LOG_ROOT), help="where runs are looked up for best/last")
     parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     args = parser.parse_args(argv)
     try:

@@ -20,12 +20,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
-from agnews.backbone import use_attention
+from agnews.atomic import atomic_file
+from agnews.backbone import CHECKPOINT_FILES_KEY, use_attention
+from agnews.batching import PadCollator, SortedBatchSampler, TokenizedDataset, in_original_order
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
-from agnews.data import PadCollator, TokenizedDataset, in_original_order
 from agnews.errors import AGNewsError
 from agnews.precision import choose
-from agnews.sampling import SortedBatchSampler
 from agnews.texts import encode
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -112,12 +112,12 @@ class Classifier:
 
         path = find_checkpoint(Path(log_root), str(path))
         checkpoint = read_checkpoint(path)
-        if "hyper_parameters" not in checkpoint or not checkpoint.get("backbone_files"):
+        if "hyper_parameters" not in checkpoint or not checkpoint.get(CHECKPOINT_FILES_KEY):
             raise AGNewsError(
                 f"checkpoint {path} was not written by agnews fit (no model settings or tokenizer inside)"
             )
         module = AGNewsClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-        names = module.hparams.class_names or [str(i) for i in range(module.hparams.num_classes)]
+        names = module.label_names
         kwargs.setdefault("max_length", checkpoint.get("datamodule_hyper_parameters", {}).get("max_length", 128))
         classifier = cls(module, module.tokenizer, names, **kwargs)
         classifier.checkpoint = path
@@ -202,25 +202,19 @@ def write_predictions(
             {name: round(float(p), 6) for name, p in zip(class_names, row, strict=False)} if done else None
         )
         records.append(record)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            if path.suffix == ".jsonl":
-                for record in records:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                writer = csv.writer(f)
-                head = [k for k in (records[0] if records else {"id": 0, "label": 0, "score": 0}) if k != "probs"]
-                writer.writerow(head + [f"prob_{name}" for name in class_names])
-                for record in records:
-                    probs_ = record["probs"] or {}
-                    writer.writerow(
-                        [("" if record[k] is None else record[k]) for k in head]
-                        + [probs_.get(n, "") for n in class_names]
-                    )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        if path.suffix == ".jsonl":
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.writer(f)
+            head = [k for k in (records[0] if records else {"id": 0, "label": 0, "score": 0}) if k != "probs"]
+            writer.writerow(head + [f"prob_{name}" for name in class_names])
+            for record in records:
+                probs_ = record["probs"] or {}
+                writer.writerow(
+                    [("" if record[k] is None else record[k]) for k in head] + [probs_.get(n, "") for n in class_names]
+                )
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -258,7 +252,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         dm = trainer.datamodule
-        names = pl_module.hparams.class_names or [str(i) for i in range(pl_module.hparams.num_classes)]
+        names = pl_module.label_names
         if predictions:
             found = in_original_order(predictions)["probs"]
         else:

@@ -21,7 +21,7 @@ from agnews import backbone as backbones
 from agnews.errors import AGNewsError
 
 # Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
-_TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+_TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)  # BatchNorm*, InstanceNorm*: by name, below
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -188,6 +188,11 @@ class AGNewsClassifier(L.LightningModule):
             }
         )
 
+    @property
+    def label_names(self) -> list[str]:
+        """The class names the model predicts (from the data it was fitted on), else the class indices as text."""
+        return list(self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)])
+
     def setup(self, stage: str) -> None:
         names = getattr(self.trainer.datamodule, "class_names", None)
         if names is None:
@@ -263,7 +268,7 @@ class AGNewsClassifier(L.LightningModule):
         self.test_details.update(logits, batch["labels"])
 
     def on_test_epoch_end(self) -> None:
-        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        names = self.label_names
         self.test_results = {key: value.cpu() for key, value in self.test_details.compute().items()}
         self.test_details.reset()
         self.log("test_f1", self.test_results["macro_f1"])

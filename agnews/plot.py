@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agnews.checkpoints import LOG_ROOT, runs
 from agnews.errors import AGNewsError
 
 EPOCH_METRICS = ("train_loss_epoch", "val_loss", "train_acc", "val_acc")
@@ -84,9 +85,8 @@ def plot_runs(runs: list[Path], out: Path) -> Path:
     return out
 
 
-def latest_run(log_root: Path = Path("lightning_logs")) -> Path:
+def latest_run(log_root: Path = LOG_ROOT) -> Path:
     """The newest run that trained (test-only runs log no training curves)."""
-    from agnews.checkpoints import runs
 
     for run in runs(log_root):
         if (run / "checkpoints").is_dir():

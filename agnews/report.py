@@ -67,7 +67,7 @@ def log_to_tensorboard(logger: TensorBoardLogger, pl_module, report: dict, resul
 
 
 def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
-    names = pl_module.hparams.class_names or [str(i) for i in range(pl_module.hparams.num_classes)]
+    names = pl_module.label_names
     confusion = results["confusion"].long()
     datamodule = trainer.datamodule
     metrics = trainer.callback_metrics

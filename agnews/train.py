@@ -7,14 +7,14 @@ from pathlib import Path
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
 from agnews.callbacks import EpochEstimate, FitSummary
-from agnews.checkpoints import SafeCheckpoint, find_checkpoint, read_checkpoint, runs
+from agnews.checkpoints import LOG_ROOT, SafeCheckpoint, find_checkpoint, read_checkpoint, runs
 from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError, TrainingInterrupted
 from agnews.inference import PredictionWriter
+from agnews.internals import CLIHooks
 from agnews.model import AGNewsClassifier
 from agnews.precision import AUTO, choose
 from agnews.report import TestReport
@@ -31,7 +31,7 @@ class Trainer(L.Trainer):
         super().__init__(*args, accelerator=accelerator, precision=choose(precision, accelerator), **kwargs)
 
 
-class AGNewsCLI(LightningCLI):
+class AGNewsCLI(CLIHooks):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -48,7 +48,7 @@ class AGNewsCLI(LightningCLI):
         parser.link_arguments("model.backbone", "data.tokenizer")
 
     def _log_root(self, config) -> Path:
-        return Path(config.trainer.get("default_root_dir") or ".") / "lightning_logs"
+        return Path(config.trainer.get("default_root_dir") or ".") / LOG_ROOT
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -69,6 +69,7 @@ class AGNewsCLI(LightningCLI):
         if sub is None:
             return
         config = self.config[sub]
+        self._runs_before = set(runs(self._log_root(config)))
         if sub == "predict" and config.prediction.int8 and str(config.trainer.precision) == AUTO:
             config.trainer.precision = "32-true"  # int8 layers take fp32 inputs, not bf16
         if sub in EVAL_SUBCOMMANDS:
@@ -88,6 +89,14 @@ class AGNewsCLI(LightningCLI):
         config.model.chosen_by = line
         config.data.tokenizer = config.model.backbone
 
+    def on_run_failed(self, subcommand: str, error: BaseException) -> None:
+        # a run stopped by bad input leaves no run folder behind, unless it already holds a checkpoint
+        if not isinstance(error, AGNewsError):
+            return
+        for run in set(runs(self._log_root(self.config[subcommand]))) - self._runs_before:
+            if not any(run.rglob("*.ckpt")):
+                shutil.rmtree(run, ignore_errors=True)
+
     def _settings_from_checkpoint(self, config) -> None:
         checkpoint = self._checkpoint
         # data settings the user did not give come from the run that wrote the checkpoint
@@ -103,18 +112,6 @@ class AGNewsCLI(LightningCLI):
         if not files:
             raise AGNewsError(f"checkpoint {config.ckpt_path} carries no tokenizer; it was not written by agnews")
         config.data.tokenizer = files_to_folder(files, config.data.cache_dir)
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        # a run that fails on bad input leaves no half-made run folder behind
-        log_root = self._log_root(self.config[subcommand])
-        before = set(runs(log_root))
-        try:
-            super()._run_subcommand(subcommand)
-        except AGNewsError:
-            for run in set(runs(log_root)) - before:
-                if not any(run.glob("checkpoints/*.ckpt")):
-                    shutil.rmtree(run, ignore_errors=True)
-            raise
 
 
 def given_settings(args, sub: str) -> dict[str, set[str]]:

@@ -240,11 +240,13 @@ def trained(tmp_path_factory, tiny_bert):
 
 
 class SignalAtStep(L.Callback):
-    """Sends this process a real signal once training reaches `step` (mid-epoch), as Ctrl-C or `kill` would."""
+    """Sends this process a real signal once, after `batches` training batches (mid-epoch), as Ctrl-C or `kill`
+    would."""
 
-    def __init__(self, step: int, signum: int):
-        self.step, self.signum = step, signum
+    def __init__(self, batches: int, signum: int):
+        self.batches, self.signum, self.seen = batches, signum, 0
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and trainer.is_global_zero:
+        self.seen += 1
+        if self.seen == self.batches and trainer.is_global_zero:
             os.kill(os.getpid(), self.signum)

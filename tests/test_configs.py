@@ -13,9 +13,11 @@ def test_there_are_configs():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_runs_one_batch(config, tiny_bert, data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    stacked = [] if config.name == "default.yaml" else ["--config", str(ROOT / "configs" / "default.yaml")]
     cli = cli_main(
         [
             "fit",
+            *stacked,
             "--config",
             str(config),
             # the configs' own encoder and data need the hub or the real copy: swap in tiny ones, keep the rest

@@ -189,7 +189,7 @@ def test_missing_text_column(tmp_path, tiny_bert):
     assert_error(make_dm(folder, tiny_bert, tmp_path), "no text column", tmp_path)
 
 
-@pytest.mark.parametrize("bad", [4, -1])
+@pytest.mark.parametrize("bad", [4, -1, None])  # None: a missing label in a nullable column
 def test_labels_outside_class_range(bad, tmp_path, tiny_bert):
     folder = tmp_path / "d"
     texts, labels = make_rows(5, seed=0)

@@ -6,6 +6,7 @@ import torch
 
 from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError
+from agnews.internals import attention_of
 from agnews.model import AGNewsClassifier, weight_decay_groups
 
 
@@ -123,7 +124,7 @@ def test_dropout_option_replaces_every_dropout(backbone, request):
     model = AGNewsClassifier(backbone=str(folder), dropout=0.0, attention="eager")
     dropouts = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(m.p == 0.0 for m in dropouts)
-    assert model.model.config._attn_implementation == "eager"
+    assert attention_of(model.model) == "eager"
     default = AGNewsClassifier(backbone=str(folder))
     assert any(m.p > 0 for m in default.model.modules() if isinstance(m, torch.nn.Dropout))
 
@@ -149,7 +150,7 @@ def test_fast_path_options_survive_the_checkpoint(tmp_path, data_dir, tiny_bert)
     assert torch.equal(model.model.get_input_embeddings().weight, frozen)
     assert not torch.equal(model.model.classifier.weight, head)
     loaded = AGNewsClassifier.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
-    assert loaded.model.config._attn_implementation == "eager"
+    assert attention_of(loaded.model) == "eager"
     assert all(m.p == 0.0 for m in loaded.model.modules() if isinstance(m, torch.nn.Dropout))
     assert not loaded.model.get_input_embeddings().weight.requires_grad
 
@@ -162,11 +163,11 @@ class Spy(AGNewsClassifier):
         self.seen = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append(("train", self.model.config._attn_implementation))
+        self.seen.append(("train", attention_of(self.model)))
         return super().training_step(batch, batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        self.seen.append(("val", self.model.config._attn_implementation))
+        self.seen.append(("val", attention_of(self.model)))
         return super().validation_step(batch, batch_idx)
 
 

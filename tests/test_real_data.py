@@ -11,7 +11,10 @@ def fit_then_test(config: str, tmp_path, *fit_args: str, dataset: bool = True):
     """`fit` a config briefly on the real data, then `test` its best checkpoint on 400 or fewer test rows."""
     common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
     named = ["--data.dataset", str(BUNDLED_AG_NEWS)] if dataset else []
-    cli_main(["fit", "--config", str(ROOT / "configs" / config), *named, *common, *fit_args])
+    configs = ["--config", str(ROOT / "configs" / "default.yaml")]
+    if config != "default.yaml":  # the others override the default run
+        configs += ["--config", str(ROOT / "configs" / config)]
+    cli_main(["fit", *configs, *named, *common, *fit_args])
     cli = cli_main(["test", *common, "--data.test_size", "400"])
     return cli, float(cli.trainer.callback_metrics["test_acc"])
 

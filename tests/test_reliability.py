@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from agnews.checkpoints import read_checkpoint
-from agnews.data import AGNewsDataModule, read_cache
+from agnews.data import AGNewsDataModule
+from agnews.token_cache import read_cache
 from agnews.train import cli_main
 from tests.conftest import ROOT
 
@@ -53,18 +54,31 @@ def env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(signum, tiny_bert, data_dir, tmp_path):
+@pytest.mark.parametrize(
+    "signum, options, batches, stop",
+    [
+        # 8 batches per epoch, 3 epochs: after 13 batches is the middle of the second epoch
+        (signal.SIGINT, (), 13, "epoch 1, step 13"),
+        (signal.SIGTERM, (), 13, "epoch 1, step 13"),
+        # 5 batches per epoch: the 8th batch is the 3rd of the second epoch
+        (signal.SIGTERM, ("--trainer.limit_train_batches", "5"), 8, "epoch 1, step 8"),
+        # 2 batches per optimizer step, 4 steps per epoch: a signal after the 11th batch waits for the 12th
+        (signal.SIGINT, ("--trainer.accumulate_grad_batches", "2"), 11, "epoch 1, step 6"),
+    ],
+    ids=["sigint", "sigterm", "limit_train_batches", "accumulate_grad_batches"],
+)
+def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
+    signum, options, batches, stop, tiny_bert, data_dir, tmp_path
+):
     # no dropout: training then draws no random numbers, and a resumed run can be identical, not just similar
-    common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0")
+    common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0", *options)
     reference = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "ref", *common)])
 
     root = tmp_path / "run"
     (tmp_path / "signal.yaml").write_text(
         "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
-        f"      init_args: {{step: 13, signum: {int(signum)}}}\n"
+        f"      init_args: {{batches: {batches}, signum: {int(signum)}}}\n"
     )
-    # 8 batches per epoch: step 13 is the middle of the second epoch
     interrupted = subprocess.run(
         [
             sys.executable,
@@ -82,15 +96,15 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(signum, tiny_
         timeout=300,
     )
     assert interrupted.returncode == 128 + signum, interrupted.stderr[-2000:]
-    assert f"{signal.Signals(signum).name}: stopped at epoch 1, step 13" in interrupted.stderr
+    assert f"{signal.Signals(signum).name}: stopped at {stop}" in interrupted.stderr
     folder = root / "lightning_logs" / "version_0" / "checkpoints"
     last = read_checkpoint(folder / "last.ckpt")
-    assert last["global_step"] == 13 and last["epoch"] == 1
+    assert f"epoch {last['epoch']}, step {last['global_step']}" == stop
     assert "optimizer_states" in last and last["lr_schedulers"]
     assert len([p for p in folder.glob("epoch=*.ckpt")]) == 1  # the best of the finished epoch, untouched
 
     resumed = cli_main(["fit", *fit_args(tiny_bert, data_dir, root, *common), "--ckpt_path", "last"])
-    assert resumed.trainer.global_step == reference.trainer.global_step == 24
+    assert resumed.trainer.global_step == reference.trainer.global_step
     for key in ("val_loss", "val_acc"):
         assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(
             float(reference.trainer.callback_metrics[key]), abs=1e-6
@@ -99,6 +113,43 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(signum, tiny_
     expected = weights(Path(reference.trainer.checkpoint_callback.last_model_path))
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_from_the_last_epochs_checkpoint(tiny_bert, data_dir, tmp_path):
+    # SIGKILL gives no chance to save: the run resumes from the last.ckpt of the last finished epoch
+    root = tmp_path / "run"
+    common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0")
+    (tmp_path / "kill.yaml").write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
+        f"      init_args: {{batches: 13, signum: {int(signal.SIGKILL)}}}\n"
+    )
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agnews.train",
+            "fit",
+            "--config",
+            str(tmp_path / "kill.yaml"),
+            *fit_args(tiny_bert, data_dir, root, *common),
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    folder = root / "lightning_logs" / "version_0" / "checkpoints"
+    assert not list(folder.glob(".*tmp*")) and not list(folder.glob("*.tmp"))  # nothing half-written left
+    last = read_checkpoint(folder / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (0, 8)  # the end of the first epoch
+
+    resumed = cli_main(["fit", *fit_args(tiny_bert, data_dir, root, *common), "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 24 and resumed.trainer.current_epoch == 3
+    metrics = resumed.trainer.callback_metrics
+    assert all(torch.isfinite(metrics[k]) for k in ("val_loss", "val_acc", "train_loss_epoch"))
 
 
 def val_losses(cli) -> list[float]:

@@ -74,6 +74,16 @@ def test_test_reuses_the_runs_data_settings(fitted, tiny_bert, data_dir, tmp_pat
     assert cli.model.model.config.hidden_size == 32
 
 
+def test_test_keeps_what_the_user_typed_even_when_it_equals_the_default(fitted, data_dir, tmp_path, capsys):
+    common = ["--data.dataset", str(data_dir), "--data.cache_dir", str(tmp_path / "cache")]
+    capsys.readouterr()
+    inherited = cli_main(["test", *common, "--trainer.enable_progress_bar", "false"])
+    assert inherited.datamodule.hparams.val_size == 32  # the fit run's, not the default 0.1
+    assert "agnews: from the checkpoint's run: max_length=32, val_size=32" in capsys.readouterr().err
+    typed = cli_main(["test", *common, "--data.val_size", "0.1", "--trainer.enable_progress_bar", "false"])
+    assert typed.datamodule.hparams.val_size == 0.1  # typed, though it is also the default
+
+
 def test_tensorboard_holds_validation_curves(fitted, tmp_path):
     events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload()
     tags = set(events.Tags()["scalars"])

@@ -1,10 +1,14 @@
-"""Length-aware batching: rows of similar length share a batch, so dynamic padding pads little."""
+"""Batching pieces shared by training, evaluation and the `Classifier` API: the tokenized rows, padding per
+batch, length-aware samplers (rows of similar length share a batch, so dynamic padding pads little), and
+putting results back in input order. No Lightning or datasets here: the inference API imports this alone."""
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 
 class SeededShuffle(Sampler[int]):
@@ -96,20 +100,77 @@ class SortedBatchSampler(BatchSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader that starts each pass at the first batch not trained on yet: `batches_done(len(self))`,
-    asked at the pass's first batch (Lightning restores a run's progress after creating the iterator). A run
-    resumed mid-epoch then continues the interrupted epoch in the same (seeded) order instead of training on
-    its first batches again; at an epoch's start it is 0."""
+    """A training DataLoader that Lightning saves into the checkpoint and restores (`state_dict` /
+    `load_state_dict`, Lightning's stateful-loader interface): a run resumed mid-epoch continues the interrupted
+    epoch in the same seeded order, from the first batch not trained on, instead of starting it again.
+    `progress()` tells (epoch, batches trained so far in it): Lightning's own batch count, which
+    `limit_train_batches` and `accumulate_grad_batches` leave right."""
 
-    def __init__(self, *args, batches_done: Callable[[int], int] | None = None, **kwargs):
+    def __init__(self, *args, progress: Callable[[], tuple[int, int]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batches_done = batches_done
+        self.progress = progress
+        self._restored: dict | None = None
+
+    def state_dict(self) -> dict:
+        epoch, batches = self.progress() if self.progress is not None else (0, 0)
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state)
 
     def __iter__(self):
         iterator = super().__iter__()
 
-        def remaining():  # a generator: nothing is drawn or skipped before the first batch is asked for
-            skip = self.batches_done(len(self)) if self.batches_done is not None else 0
+        def remaining():  # a generator: decided at the first batch, after Lightning restored the state
+            skip = 0
+            if self._restored is not None:
+                epoch = self.progress()[0] if self.progress is not None else 0
+                skip = self._restored["batches"] if self._restored["epoch"] == epoch else 0
+                self._restored = None
             yield from itertools.islice(iterator, skip, None)
 
         return remaining()
+
+
+class TokenizedDataset(Dataset):
+    """Rows of a cached split: token ids stored flat, sliced per row (no padding stored)."""
+
+    def __init__(self, split: dict, rows: np.ndarray | None = None):
+        self.input_ids = split["input_ids"]
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), split["lengths"].long().cumsum(0)])
+        self.labels = split["labels"]
+        self.rows = torch.arange(len(self.labels)) if rows is None else torch.as_tensor(rows)
+        self.lengths = split["lengths"][self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        return self.input_ids[self.offsets[row] : self.offsets[row + 1]], self.labels[row], i
+
+
+class PadCollator:
+    """Pad each batch to its own longest row, as `DataCollatorWithPadding` does, without a Python tokenizer call."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch):
+        ids, labels, index = zip(*batch, strict=False)
+        input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
+        lengths = torch.tensor([len(x) for x in ids])
+        attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.stack(labels),
+            "index": torch.tensor(index),  # position in the dataset, to undo length sorting
+        }
+
+
+def in_original_order(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Join per-batch prediction dicts (each with an `index`) back into the dataset's row order."""
+    index = torch.cat([b["index"] for b in batches])
+    order = torch.argsort(index)
+    return {key: torch.cat([b[key] for b in batches])[order] for key in batches[0]}

@@ -2,9 +2,9 @@ import lightning as L
 import pytest
 import torch
 
-from agnews.data import AGNewsDataModule, in_original_order
+from agnews.batching import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler, in_original_order
+from agnews.data import AGNewsDataModule
 from agnews.model import AGNewsClassifier
-from agnews.sampling import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler
 
 LENGTHS = torch.randint(3, 120, (1003,), generator=torch.Generator().manual_seed(0))
 

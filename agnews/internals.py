@@ -1,0 +1,65 @@
+"""The one place where agnews uses private names of its libraries, for what they offer no public way to do.
+
+Written against lightning 2.6, transformers 5.24 and datasets 4-5 (pyproject pins lightning to 2.6.x);
+tests/test_internals.py fails if any of these names changes, so an upgrade shows here first.
+"""
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+
+def attention_of(model) -> str | None:
+    """The attention kernel a Hugging Face model runs now (transformers keeps it in a private config field)."""
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def can_switch_attention(model) -> bool:
+    """False for encoders written before transformers' attention interface (MPNet): they keep their one
+    attention, and `set_attn_implementation` would only warn."""
+    return bool(model._can_set_attn_implementation())
+
+
+def dataset_fingerprint(dataset) -> str:
+    """`datasets`' content fingerprint of a split (what its own cache keys on); no public accessor."""
+    return dataset._fingerprint
+
+
+class CheckpointHooks(ModelCheckpoint):
+    """ModelCheckpoint's private steps under public names, for agnews.checkpoints.SafeCheckpoint: Lightning
+    2.6 has no public way to write `last.ckpt` outside its top-k bookkeeping, nor to catch a failed write."""
+
+    def write(self, trainer, filepath: str) -> None:
+        """Write a checkpoint file the way ModelCheckpoint does (temporary file, then rename)."""
+        self._save_checkpoint(trainer, filepath)
+
+    def refresh_last(self, trainer) -> None:
+        """Write `last.ckpt` now, as `save_last` promises for every epoch."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def saves_on_train_epoch_end(self, trainer) -> bool:
+        return self._should_save_on_train_epoch_end(trainer)
+
+    def on_write_error(self, filepath: str, error: OSError) -> None:
+        raise error
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as err:
+            self.on_write_error(filepath, err)
+
+
+class CLIHooks(LightningCLI):
+    """LightningCLI with a hook after a subcommand failed, for agnews.train: a callback's `on_exception` runs
+    before Lightning closes the logger, whose writer then puts a deleted run folder back."""
+
+    def on_run_failed(self, subcommand: str, error: BaseException) -> None:
+        """Called with the exception that stopped `subcommand`, which is then raised again."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            self.on_run_failed(subcommand, err)
+            raise

@@ -1,0 +1,86 @@
+"""The token cache: each tokenized split as one checked `.pt` file, keyed by everything that changes its tensors."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from lightning.pytorch.utilities import rank_zero_info
+
+from agnews.atomic import atomic_file
+
+# Bump when the layout of the cached tensors changes, so old files are never read as new ones.
+CACHE_FORMAT = 2
+
+
+class DamagedCache(Exception):
+    pass
+
+
+def _checksum(tensors: dict) -> str:
+    digest = hashlib.sha256()
+    for key in ("input_ids", "lengths", "labels"):
+        digest.update(tensors[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_cache(path: Path) -> dict:
+    """A cached split, checked: it loads, its tensors fit together, and their checksum is the one recorded."""
+    try:
+        tensors = torch.load(path, weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, wrong pickle: all mean "not a usable cache"
+        raise DamagedCache(f"does not load ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not isinstance(tensors, dict) or not {"input_ids", "lengths", "labels", "checksum"} <= set(tensors):
+        raise DamagedCache("lacks the expected tensors")
+    lengths = tensors["lengths"]
+    if len(lengths) != len(tensors["labels"]) or int(lengths.long().sum()) != len(tensors["input_ids"]):
+        raise DamagedCache("has tensors of inconsistent shapes")
+    if _checksum(tensors) != tensors["checksum"]:
+        raise DamagedCache("does not match its recorded checksum")
+    return tensors
+
+
+class TokenCache:
+    """`<cache_dir>/<split>-<key>.pt`; the key hashes the data, the tokenizer's content, `max_length` and the
+    format. Files are written whole (temp + rename) under a lock, and checked when read."""
+
+    def __init__(self, cache_dir: str, max_length: int):
+        self.root = Path(cache_dir).expanduser()
+        self.max_length = max_length
+
+    def path(self, split: str, data_fingerprint: str, tokenizer_fingerprint: str) -> Path:
+        key = json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "data": data_fingerprint,
+                "split": split,
+                "tokenizer": tokenizer_fingerprint,
+                "max_length": self.max_length,
+            },
+            sort_keys=True,
+        )
+        return self.root / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def lock(self, path: Path) -> FileLock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path.with_name(f".{path.name}.lock"))
+
+    @staticmethod
+    def is_valid(path: Path, split: str) -> bool:
+        """A usable file; a damaged one is reported, removed, and counts as missing."""
+        if not path.is_file():
+            return False
+        try:
+            read_cache(path)
+            return True
+        except DamagedCache as err:
+            rank_zero_info(f"agnews: warning: the cached {split} split {path} {err}; rebuilding it")
+            path.unlink(missing_ok=True)
+            return False
+
+    @staticmethod
+    def write(path: Path, tensors: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            torch.save({**tensors, "checksum": _checksum(tensors)}, tmp)
