@@ -1,14 +1,26 @@
+"""Every Lightning callback agnews adds: checkpoints that survive signals, the epoch-time estimate, the fit
+summary, the test report, and the `predict` output."""
+
+import json
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from agnews.errors import AGNewsError
+from agnews.batching import in_original_order
+from agnews.errors import AGNewsError, TrainingInterrupted
+from agnews.inference import check_output, quantize_int8, write_predictions
+from agnews.internals import CheckpointHooks
 from agnews.plot import plot_runs
-from agnews.report import run_hparams, run_seed
+from agnews.report import build_report, log_to_tensorboard, render_markdown, run_hparams, run_seed
 
 
 class EpochEstimate(Callback):
@@ -107,3 +119,159 @@ class FitSummary(Callback):
             except AGNewsError as err:
                 lines.append(f"no curves: {err}")
         print("\n".join(lines), flush=True)
+
+
+class SafeCheckpoint(CheckpointHooks):
+    """ModelCheckpoint that survives what ends CPU runs early.
+
+    - SIGINT (Ctrl-C) or SIGTERM during `fit`: the current batch finishes, `last.ckpt` is written at that
+      step, and the run stops; `fit --ckpt_path last` continues from there. A second Ctrl-C quits at once.
+    - `last.ckpt` is written after every epoch, as `save_last` promises: Lightning 2.6 only refreshes it when
+      a top-k checkpoint was saved at the same step, which leaves it stale after an epoch without progress.
+    - A checkpoint that cannot be written (read-only folder, full disk) stops the run with one clear line;
+      Lightning writes to a temporary file and renames it, and the previous best is only deleted after the
+      new one is written, so earlier checkpoints stay valid.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._signal: int | None = None
+        self._previous_handlers: dict[int, object] = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # asked twice: stop now, without a checkpoint
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self._signal = signum
+        print(
+            f"\nagnews: {signal.Signals(signum).name} received: saving last.ckpt after this batch, then stopping "
+            f"(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._signal = None
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+        super().on_exception(trainer, pl_module, exception)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.saves_on_train_epoch_end(trainer):
+            self.refresh_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self.saves_on_train_epoch_end(trainer):
+            self.refresh_last(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        # every process stops at the same step, whichever of them got the signal
+        if not trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False):
+            return
+        batch_idx = args[-1] if args else kwargs.get("batch_idx", 0)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 < trainer.num_training_batches:
+            return  # mid-accumulation: the gradients summed so far are not in a checkpoint, finish the step first
+        signum = self._signal or signal.SIGTERM
+        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        self.write(trainer, path)
+        raise TrainingInterrupted(
+            signum,
+            f"{signal.Signals(signum).name}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"saved {path}. Continue with: python -m agnews.train fit --ckpt_path last (and the same options)",
+        )
+
+    def on_write_error(self, filepath: str, error: OSError) -> None:
+        raise AGNewsError(
+            f"cannot write checkpoint {filepath} ({error.strerror or error}); earlier checkpoints are kept. "
+            f"Make {os.path.dirname(filepath)} writable or free space, then resume with fit --ckpt_path last"
+        ) from None
+
+
+class TestReport(Callback):
+    """After `test`, write `test_report.json` and `test_report.md` beside the evaluated checkpoint (or in the
+    run folder when the model was not loaded from one)."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = getattr(pl_module, "test_results", None)
+        if results is None:
+            return
+        report = build_report(pl_module, trainer, results, seconds=time.perf_counter() - self._start)
+        folder = Path(trainer.ckpt_path).parent if trainer.ckpt_path else Path(trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "test_report.md").write_text(render_markdown(report))
+        print(f"agnews: test report written to {folder / 'test_report.md'}", flush=True)
+        if isinstance(trainer.logger, TensorBoardLogger):
+            log_to_tensorboard(trainer.logger, pl_module, report, results)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `predict`'s output file, in input order, and applies the int8 fast path if asked."""
+
+    def __init__(self, output: str | None = None, overwrite: bool = False, int8: bool = False):
+        """
+        Args:
+            output: the predictions file, `.csv` or `.jsonl`; its folder must exist.
+            overwrite: replace `output` if it exists.
+            int8: dynamic int8 quantization of the linear layers (CPU; see docs/performance.md, Inference).
+        """
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.overwrite = overwrite
+        self.int8 = int8
+        self._path: Path | None = None  # the checked output file, set in setup
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        if self.output is None:
+            raise AGNewsError("predict writes to a file: pass --prediction.output FILE (.csv or .jsonl)")
+        self._path = check_output(self.output, self.overwrite)
+        if trainer.world_size > 1:
+            raise AGNewsError("predict runs in one process; leave --trainer.devices at 1")
+        if self.int8 and "bf16" in str(trainer.precision):
+            raise AGNewsError(
+                "choose one fast path: --prediction.int8 true with --trainer.precision 32-true, or bf16 alone"
+            )
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.int8:
+            quantize_int8(pl_module.model)
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        dm = trainer.datamodule
+        names = pl_module.label_names
+        if predictions:
+            found = in_original_order(predictions)["probs"]
+        else:
+            found = torch.empty(0, len(names))
+        if dm.predict_texts is not None:  # a file of texts: every input row, blank ones unpredicted
+            probs = torch.full((len(dm.predict_texts), len(names)), float("nan"))
+            probs[dm.predict_rows] = found
+            write_predictions(self._path, names, probs, range(len(probs)), texts=dm.predict_texts)
+        else:  # the data set's test split: row ids and true labels
+            rows = dm.test_set.rows
+            write_predictions(self._path, names, found, rows.tolist(), true_labels=dm.test_set.labels[rows])
+        print(f"agnews: {len(found):,} predictions written to {self.output}", flush=True)

@@ -1,18 +1,12 @@
 """Checkpoints: finding a run's (`best`, `last`, or a file), reading them safely, writing them safely."""
 
-import os
 import re
-import signal
-import sys
-import threading
 import zipfile
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from agnews.errors import AGNewsError, TrainingInterrupted
-from agnews.internals import CheckpointHooks
+from agnews.errors import AGNewsError
 
 LOG_ROOT = Path("lightning_logs")
 
@@ -64,87 +58,3 @@ def find_checkpoint(log_root: Path, which: str) -> Path:
     raise AGNewsError(
         f"no {which} checkpoint under {log_root}/; run `python -m agnews.train fit` first or pass --ckpt_path FILE"
     )
-
-
-class SafeCheckpoint(CheckpointHooks):
-    """ModelCheckpoint that survives what ends CPU runs early.
-
-    - SIGINT (Ctrl-C) or SIGTERM during `fit`: the current batch finishes, `last.ckpt` is written at that
-      step, and the run stops; `fit --ckpt_path last` continues from there. A second Ctrl-C quits at once.
-    - `last.ckpt` is written after every epoch, as `save_last` promises: Lightning 2.6 only refreshes it when
-      a top-k checkpoint was saved at the same step, which leaves it stale after an epoch without progress.
-    - A checkpoint that cannot be written (read-only folder, full disk) stops the run with one clear line;
-      Lightning writes to a temporary file and renames it, and the previous best is only deleted after the
-      new one is written, so earlier checkpoints stay valid.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._signal: int | None = None
-        self._previous_handlers: dict[int, object] = {}
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._signal is not None:  # asked twice: stop now, without a checkpoint
-            self._restore_handlers()
-            raise KeyboardInterrupt
-        self._signal = signum
-        print(
-            f"\nagnews: {signal.Signals(signum).name} received: saving last.ckpt after this batch, then stopping "
-            f"(Ctrl-C again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._signal = None
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-        super().on_train_end(trainer, pl_module)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handlers()
-        super().on_exception(trainer, pl_module, exception)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self.saves_on_train_epoch_end(trainer):
-            self.refresh_last(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self.saves_on_train_epoch_end(trainer):
-            self.refresh_last(trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        # every process stops at the same step, whichever of them got the signal
-        if not trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False):
-            return
-        batch_idx = args[-1] if args else kwargs.get("batch_idx", 0)
-        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 < trainer.num_training_batches:
-            return  # mid-accumulation: the gradients summed so far are not in a checkpoint, finish the step first
-        signum = self._signal or signal.SIGTERM
-        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        self.write(trainer, path)
-        raise TrainingInterrupted(
-            signum,
-            f"{signal.Signals(signum).name}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            f"saved {path}. Continue with: python -m agnews.train fit --ckpt_path last (and the same options)",
-        )
-
-    def on_write_error(self, filepath: str, error: OSError) -> None:
-        raise AGNewsError(
-            f"cannot write checkpoint {filepath} ({error.strerror or error}); earlier checkpoints are kept. "
-            f"Make {os.path.dirname(filepath)} writable or free space, then resume with fit --ckpt_path last"
-        ) from None

@@ -1,6 +1,7 @@
 """Applying a trained classifier to new text: read input files, predict fast on a CPU, write predictions.
 
-`Classifier` is the Python API (notebooks, services); `PredictionWriter` is the `predict` subcommand's output.
+`Classifier` is the Python API (notebooks, services); the `predict` subcommand's writer (agnews.callbacks) uses the
+output helpers here.
 Both keep rows in input order while batching them by length, and share the opt-in fast paths: bf16 autocast
 and dynamic int8 quantization of the linear layers.
 """
@@ -14,9 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
@@ -37,8 +36,8 @@ PRECISIONS = ("auto", "32", "bf16", "int8")
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Dynamic int8 quantization of every linear layer, in place: weights int8 with one scale per output
-    channel, activations quantized per batch. One scale per tensor lost 0.78 points of test accuracy on
-    MiniLM; per channel 0.22 (benchmarks/inference_speed.py, README)."""
+    channel (one scale per tensor costs several times more accuracy; docs/performance.md), activations
+    quantized per batch."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
@@ -89,7 +88,7 @@ class Classifier:
         Args:
             model: an `AGNewsClassifier`, or a Hugging Face sequence-classification model.
             precision: `auto` (bf16 where the CPU runs it natively, else fp32), `32` (fp32), `bf16` (autocast)
-                or `int8` (dynamic quantization of the linear layers). See the README's inference table.
+                or `int8` (dynamic quantization of the linear layers). See docs/performance.md (Inference).
         """
         self.precision = check_precision(precision)
         self.model = model.eval()
@@ -215,53 +214,3 @@ def write_predictions(
                 writer.writerow(
                     [("" if record[k] is None else record[k]) for k in head] + [probs_.get(n, "") for n in class_names]
                 )
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Writes `predict`'s output file, in input order, and applies the int8 fast path if asked."""
-
-    def __init__(self, output: str | None = None, overwrite: bool = False, int8: bool = False):
-        """
-        Args:
-            output: the predictions file, `.csv` or `.jsonl`; its folder must exist.
-            overwrite: replace `output` if it exists.
-            int8: dynamic int8 quantization of the linear layers (CPU; see the README's inference table).
-        """
-        super().__init__(write_interval="epoch")
-        self.output = output
-        self.overwrite = overwrite
-        self.int8 = int8
-        self._path: Path | None = None  # the checked output file, set in setup
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "predict":
-            return
-        if self.output is None:
-            raise AGNewsError("predict writes to a file: pass --prediction.output FILE (.csv or .jsonl)")
-        self._path = check_output(self.output, self.overwrite)
-        if trainer.world_size > 1:
-            raise AGNewsError("predict runs in one process; leave --trainer.devices at 1")
-        if self.int8 and "bf16" in str(trainer.precision):
-            raise AGNewsError(
-                "choose one fast path: --prediction.int8 true with --trainer.precision 32-true, or bf16 alone"
-            )
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.int8:
-            quantize_int8(pl_module.model)
-
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        dm = trainer.datamodule
-        names = pl_module.label_names
-        if predictions:
-            found = in_original_order(predictions)["probs"]
-        else:
-            found = torch.empty(0, len(names))
-        if dm.predict_texts is not None:  # a file of texts: every input row, blank ones unpredicted
-            probs = torch.full((len(dm.predict_texts), len(names)), float("nan"))
-            probs[dm.predict_rows] = found
-            write_predictions(self._path, names, probs, range(len(probs)), texts=dm.predict_texts)
-        else:  # the data set's test split: row ids and true labels
-            rows = dm.test_set.rows
-            write_predictions(self._path, names, found, rows.tolist(), true_labels=dm.test_set.labels[rows])
-        print(f"agnews: {len(found):,} predictions written to {self.output}", flush=True)

@@ -25,7 +25,7 @@ def dataset_fingerprint(dataset) -> str:
 
 
 class CheckpointHooks(ModelCheckpoint):
-    """ModelCheckpoint's private steps under public names, for agnews.checkpoints.SafeCheckpoint: Lightning
+    """ModelCheckpoint's private steps under public names, for agnews.callbacks.SafeCheckpoint: Lightning
     2.6 has no public way to write `last.ckpt` outside its top-k bookkeeping, nor to catch a failed write."""
 
     def write(self, trainer, filepath: str) -> None:

@@ -122,7 +122,7 @@ class AGNewsClassifier(L.LightningModule):
                 On a CPU, drawing dropout masks costs about a fifth of a training step.
             attention: attention implementation while training (`eager`, `sdpa`; None: the transformers
                 default, SDPA; `auto`: eager under bf16 autocast, where SDPA's CPU kernel is slow, SDPA under
-                fp32). Evaluation always runs SDPA, the fastest there (benchmarks/profile_step.py, docs).
+                fp32). Evaluation always runs SDPA (docs/performance.md).
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.

@@ -1,37 +1,10 @@
 """The test report: what `test` measured, per class, written next to the checkpoint it evaluated."""
 
-import json
 import os
-import time
-from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix
-
-
-class TestReport(Callback):
-    """After `test`, write `test_report.json` and `test_report.md` beside the evaluated checkpoint (or in the
-    run folder when the model was not loaded from one)."""
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    @rank_zero_only
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        results = getattr(pl_module, "test_results", None)
-        if results is None:
-            return
-        report = build_report(pl_module, trainer, results, seconds=time.perf_counter() - self._start)
-        folder = Path(trainer.ckpt_path).parent if trainer.ckpt_path else Path(trainer.log_dir or ".")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (folder / "test_report.md").write_text(render_markdown(report))
-        print(f"agnews: test report written to {folder / 'test_report.md'}", flush=True)
-        if isinstance(trainer.logger, TensorBoardLogger):
-            log_to_tensorboard(trainer.logger, pl_module, report, results)
 
 
 def run_hparams(pl_module: L.LightningModule, trainer: L.Trainer) -> dict:

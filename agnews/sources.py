@@ -22,7 +22,7 @@ PROBE_SECONDS = 3.0
 # The default run, on each path. The hub path trains DistilBERT on a CPU-sized budget of the 120,000 official
 # training rows (one epoch ~10 minutes on a 2-core CPU without native bf16; `--data.train_size null
 # --data.val_size 0.1` for all of them); the offline path trains MiniLM on the whole bundled pool, with the
-# learning rate and pooling its recipe measured best (configs/recipe-minilm.yaml).
+# learning rate and pooling of its recipe (configs/recipe-minilm.yaml).
 HUB_MODEL = {"backbone": HUB_BACKBONE}
 HUB_DATA = {"dataset": HUB_DATASET, "train_size": 6000, "val_size": 1000}
 OFFLINE_MODEL = {"backbone": OFFLINE_BACKBONE, "learning_rate": 1e-4, "pooling": "mean"}

@@ -9,15 +9,13 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
-from agnews.callbacks import EpochEstimate, FitSummary
-from agnews.checkpoints import LOG_ROOT, SafeCheckpoint, find_checkpoint, read_checkpoint, runs
+from agnews.callbacks import EpochEstimate, FitSummary, PredictionWriter, SafeCheckpoint, TestReport
+from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint, runs
 from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError, TrainingInterrupted
-from agnews.inference import PredictionWriter
 from agnews.internals import CLIHooks
 from agnews.model import AGNewsClassifier
 from agnews.precision import AUTO, choose
-from agnews.report import TestReport
 from agnews.sources import choose_defaults
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")

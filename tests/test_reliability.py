@@ -53,6 +53,17 @@ def env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
+def fit_with_signal(tmp_path, batches: int, signum: int, args: list[str]) -> subprocess.CompletedProcess:
+    """`fit` in its own process, which gets a real `signum` after `batches` training batches."""
+    config = tmp_path / f"signal-{int(signum)}.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
+        f"      init_args: {{batches: {batches}, signum: {int(signum)}}}\n"
+    )
+    command = [sys.executable, "-m", "agnews.train", "fit", "--config", str(config), *args]
+    return subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, options, batches, stop",
@@ -75,26 +86,7 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
     reference = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "ref", *common)])
 
     root = tmp_path / "run"
-    (tmp_path / "signal.yaml").write_text(
-        "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
-        f"      init_args: {{batches: {batches}, signum: {int(signum)}}}\n"
-    )
-    interrupted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agnews.train",
-            "fit",
-            "--config",
-            str(tmp_path / "signal.yaml"),
-            *fit_args(tiny_bert, data_dir, root, *common),
-        ],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    interrupted = fit_with_signal(tmp_path, batches, signum, fit_args(tiny_bert, data_dir, root, *common))
     assert interrupted.returncode == 128 + signum, interrupted.stderr[-2000:]
     assert f"{signal.Signals(signum).name}: stopped at {stop}" in interrupted.stderr
     folder = root / "lightning_logs" / "version_0" / "checkpoints"
@@ -120,26 +112,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_last_epochs_checkpoint(tiny_bert
     # SIGKILL gives no chance to save: the run resumes from the last.ckpt of the last finished epoch
     root = tmp_path / "run"
     common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0")
-    (tmp_path / "kill.yaml").write_text(
-        "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
-        f"      init_args: {{batches: 13, signum: {int(signal.SIGKILL)}}}\n"
-    )
-    killed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agnews.train",
-            "fit",
-            "--config",
-            str(tmp_path / "kill.yaml"),
-            *fit_args(tiny_bert, data_dir, root, *common),
-        ],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    killed = fit_with_signal(tmp_path, 13, signal.SIGKILL, fit_args(tiny_bert, data_dir, root, *common))
     assert killed.returncode == -signal.SIGKILL
     folder = root / "lightning_logs" / "version_0" / "checkpoints"
     assert not list(folder.glob(".*tmp*")) and not list(folder.glob("*.tmp"))  # nothing half-written left

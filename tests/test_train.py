@@ -160,3 +160,18 @@ def test_precision_follows_the_cpu_unless_named(
         assert sum(says in line for line in err.splitlines()) == 1
     else:
         assert "precision" not in err
+
+
+def test_fit_summary_names_the_epoch_the_checkpoint_kept(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tiny_bert, data_dir, tmp_path)
+    cli = cli_main(
+        ["fit", *args, "--trainer.max_epochs", "3", "--checkpoint.monitor", "val_acc", "--checkpoint.mode", "max"]
+    )
+    out = capsys.readouterr().out
+    kept = Path(cli.trainer.checkpoint_callback.best_model_path).name  # epoch=E-step=...
+    epoch = int(kept.split("-")[0].split("=")[1])
+    summary = next(c for c in cli.trainer.callbacks if type(c).__name__ == "FitSummary")
+    best = max(v["val_acc"] for v in summary.val_history)
+    assert f"kept epoch {epoch} (best val_acc): " in out
+    assert summary.val_history[epoch]["val_acc"] == best
