@@ -29,11 +29,12 @@ class EpochEstimate(Callback):
 
     def __init__(self, batches: int = 20):
         self.batches = batches
-        self._start: float | None = None
+        self._start: float | None = None  # the clock starts at the second batch: set-up and warm-up left out
+        self._first = 0  # the batch it started at
         self._done = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._start is None and batch_idx >= 1:  # after the first batch: lazy set-up and warm-up left out
+        if self._start is None and batch_idx >= 1:
             self._start, self._first = time.perf_counter(), batch_idx
 
     def on_train_batch_end(
