@@ -195,6 +195,33 @@ def mpnet(minilm) -> str:
     return name
 
 
+def fit_args(tiny_bert, data, root, *extra) -> list[str]:
+    """`fit` flags for the tiny encoder on tiny data, everything written under `root`; later flags win."""
+    return [
+        "--model.backbone",
+        str(tiny_bert),
+        "--model.learning_rate",
+        "1e-2",
+        "--data.batch_size",
+        "16",
+        "--data.dataset",
+        str(data),
+        "--data.max_length",
+        "32",
+        "--data.val_size",
+        "32",
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_bert):
     """A tiny classifier fitted for 5 epochs (it learns the keywords: ~0.8 validation accuracy) through the CLI: its run folder, data and best checkpoint."""
@@ -206,33 +233,7 @@ def trained(tmp_path_factory, tiny_bert):
     data = root / "data"
     write_split(data, "train", *make_rows(40, seed=0))
     write_split(data, "test", *make_rows(20, seed=1))
-    cli = cli_main(
-        [
-            "fit",
-            "--model.backbone",
-            str(tiny_bert),
-            "--model.learning_rate",
-            "1e-2",
-            "--data.batch_size",
-            "8",
-            "--data.dataset",
-            str(data),
-            "--data.max_length",
-            "32",
-            "--data.val_size",
-            "32",
-            "--data.cache_dir",
-            str(root / "cache"),
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.max_epochs",
-            "5",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-        ]
-    )
+    cli = cli_main(["fit", *fit_args(tiny_bert, data, root, "--data.batch_size", "8", "--trainer.max_epochs", "5")])
     checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
     return SimpleNamespace(
         root=root, data=data, cache=root / "cache", checkpoint=checkpoint, log_root=root / "lightning_logs"

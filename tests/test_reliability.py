@@ -16,33 +16,7 @@ from agnews.checkpoints import read_checkpoint
 from agnews.data import AGNewsDataModule
 from agnews.token_cache import read_cache
 from agnews.train import cli_main
-from tests.conftest import ROOT
-
-
-def fit_args(tiny_bert, data, root, *extra) -> list[str]:
-    return [
-        "--model.backbone",
-        str(tiny_bert),
-        "--model.learning_rate",
-        "1e-2",
-        "--data.batch_size",
-        "16",
-        "--data.dataset",
-        str(data),
-        "--data.max_length",
-        "32",
-        "--data.val_size",
-        "32",
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
+from tests.conftest import ROOT, fit_args
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
