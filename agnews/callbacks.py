@@ -59,12 +59,20 @@ class EpochEstimate(Callback):
 
 class FitSummary(Callback):
     """At the end of `fit`, print the best validation figures, where the best checkpoint is, and time per epoch,
-    and draw the run's curves into `curves.png` in its folder."""
+    and draw the run's curves into `curves.png` in its folder. Its history travels in checkpoints, so the summary
+    of a resumed run spans the whole training."""
 
     def __init__(self):
         self.epoch_seconds: list[float] = []
         self.val_history: list[dict[str, float]] = []
         self._epoch_start = 0.0
+
+    def state_dict(self) -> dict:
+        return {"epoch_seconds": list(self.epoch_seconds), "val_history": [dict(v) for v in self.val_history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
+        self.val_history = [dict(v) for v in state_dict.get("val_history", [])]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()

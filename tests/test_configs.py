@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from agnews.train import cli_main
 from tests.conftest import ROOT
@@ -10,14 +11,43 @@ def test_there_are_configs():
     assert {"default.yaml", "offline.yaml"} <= {c.name for c in CONFIGS}
 
 
+def printed_config(capsys, *args) -> dict:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *args, "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_default_yaml_is_the_defaults_written_out(capsys):
+    # `fit` alone and `fit --config configs/default.yaml` run the same thing: the file cannot drift from the code
+    plain = printed_config(capsys)
+    written = printed_config(capsys, "--config", str(ROOT / "configs" / "default.yaml"))
+    written.pop("config", None)
+    assert written == plain
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.name != "default.yaml"], ids=lambda p: p.name)
+def test_each_config_alone_overrides_only_what_it_names(config, capsys):
+    plain = printed_config(capsys)
+    alone = printed_config(capsys, "--config", str(config))
+    alone.pop("config", None)
+    named = yaml.safe_load(config.read_text())
+    for section, values in plain.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if key in (named.get(section) or {}):
+                assert alone[section].get(key) == named[section][key], (section, key)
+            elif (section, key) not in {("model", "chosen_by"), ("data", "tokenizer")}:
+                # the fast path (frozen embeddings, no dropout, ...) is kept by every config
+                assert alone[section][key] == value, (section, key)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_runs_one_batch(config, tiny_bert, data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    stacked = [] if config.name == "default.yaml" else ["--config", str(ROOT / "configs" / "default.yaml")]
     cli = cli_main(
         [
             "fit",
-            *stacked,
             "--config",
             str(config),
             # the configs' own encoder and data need the hub or the real copy: swap in tiny ones, keep the rest
@@ -34,3 +64,4 @@ def test_config_runs_one_batch(config, tiny_bert, data_dir, tmp_path, monkeypatc
         ]
     )
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert cli.model.hparams.freeze_embeddings and cli.model.hparams.dropout == 0.0

