@@ -100,36 +100,40 @@ class SortedBatchSampler(BatchSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A training DataLoader that Lightning saves into the checkpoint and restores (`state_dict` /
+    """A training DataLoader whose position Lightning saves into the checkpoint and restores (`state_dict` /
     `load_state_dict`, Lightning's stateful-loader interface): a run resumed mid-epoch continues the interrupted
     epoch in the same seeded order, from the first batch not trained on, instead of starting it again.
-    `progress()` tells (epoch, batches trained so far in it): Lightning's own batch count, which
-    `limit_train_batches` and `accumulate_grad_batches` leave right."""
 
-    def __init__(self, *args, progress: Callable[[], tuple[int, int]] | None = None, **kwargs):
+    The position lives with its owner (the DataModule), not in the loader, so a loader that Lightning rebuilds
+    (with a DistributedSampler under DDP) resumes as exactly as the one it replaced: `position()` is where the
+    next batch is ({"epoch", "batches"}), `restore(state)` hands a saved position back to the owner, and
+    `start()` tells an iterator starting now which epoch it is and how many of its batches were trained already.
+    The epoch is set on the sampler here, before workers draw indices: on a resume Lightning creates the
+    iterator before it calls `set_epoch`."""
+
+    def __init__(
+        self,
+        *args,
+        position: Callable[[], dict],
+        restore: Callable[[dict], None],
+        start: Callable[[], tuple[int, int]],
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.progress = progress
-        self._restored: dict | None = None
+        self.position, self.restore, self.start = position, restore, start
 
     def state_dict(self) -> dict:
-        epoch, batches = self.progress() if self.progress is not None else (0, 0)
-        return {"epoch": epoch, "batches": batches}
+        return self.position()
 
     def load_state_dict(self, state: dict) -> None:
-        self._restored = dict(state)
+        self.restore(dict(state))
 
     def __iter__(self):
-        iterator = super().__iter__()
-
-        def remaining():  # a generator: decided at the first batch, after Lightning restored the state
-            skip = 0
-            if self._restored is not None:
-                epoch = self.progress()[0] if self.progress is not None else 0
-                skip = self._restored["batches"] if self._restored["epoch"] == epoch else 0
-                self._restored = None
-            yield from itertools.islice(iterator, skip, None)
-
-        return remaining()
+        epoch, skip = self.start()
+        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        return itertools.islice(super().__iter__(), skip, None)
 
 
 class TokenizedDataset(Dataset):

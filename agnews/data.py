@@ -379,20 +379,34 @@ class AGNewsDataModule(L.LightningDataModule):
         )
         if not train:
             return DataLoader(dataset, **kwargs)
-        return ResumableDataLoader(dataset, progress=self._progress, **kwargs)
+        return ResumableDataLoader(
+            dataset, position=self._position, restore=self._restore_position, start=self._start, **kwargs
+        )
 
-    def _progress(self) -> tuple[int, int]:
-        """(epoch, batches trained in it so far), from the trainer's own counters."""
+    def _position(self) -> dict:
+        """Where the next training batch is: the epoch and the batches of it already trained (Lightning's own
+        count, which `limit_train_batches` and `accumulate_grad_batches` leave right)."""
         trainer = self.trainer
         if trainer is None:
-            return 0, 0
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return {"epoch": 0, "batches": 0}
+        epoch, batches = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if batches >= trainer.num_training_batches:  # the epoch is over: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        return {"epoch": epoch, "batches": batches}
+
+    def _restore_position(self, state: dict) -> None:
+        self._loader_state = state
+
+    def _start(self) -> tuple[int, int]:
+        """(epoch, batches to pass over) for a training iterator starting now: a restored position, once; else
+        the trainer's epoch."""
+        state, self._loader_state = self._loader_state, None
+        if state is not None:
+            return state["epoch"], state["batches"]
+        return (self.trainer.current_epoch if self.trainer is not None else 0), 0
 
     def train_dataloader(self) -> DataLoader:
         self._train_loader = self._loader(self.train_set, self.hparams.batch_size, train=True)
-        if self._loader_state is not None:
-            self._train_loader.load_state_dict(self._loader_state)
-            self._loader_state = None
         return self._train_loader
 
     # The training loader's position travels in the checkpoint through these DataModule hooks, which Lightning
@@ -402,7 +416,8 @@ class AGNewsDataModule(L.LightningDataModule):
         return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._loader_state = state_dict.get("train_loader")
+        if state_dict.get("train_loader") is not None:
+            self._restore_position(state_dict["train_loader"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, train=False)

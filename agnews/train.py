@@ -66,6 +66,7 @@ class AGNewsCLI(CLIHooks):
             return
         first = self.config[sub]
         defaults = {}
+        self._checkpoint = None
         if sub in EVAL_SUBCOMMANDS or first.get("ckpt_path"):
             # resolved before instantiation, so LightningCLI rebuilds the model from the checkpoint's own
             # hyperparameters (backbone config included) instead of downloading the backbone named on the CLI
@@ -73,7 +74,6 @@ class AGNewsCLI(CLIHooks):
             self._checkpoint = read_checkpoint(ckpt_path)  # refuses a damaged file before Lightning reads it
             print(f"agnews: {sub} uses checkpoint {ckpt_path}", file=sys.stderr, flush=True)
             defaults = self._checkpoint_defaults(first)
-            defaults["ckpt_path"] = ckpt_path
         elif sub == "fit":
             model, data, line = choose_defaults(first.model.backbone == AUTO, first.data.dataset == AUTO)
             if line is not None:
@@ -85,6 +85,8 @@ class AGNewsCLI(CLIHooks):
             parser.set_defaults({f"{sub}.{key}": value for key, value in defaults.items()})
             self.config = parser.parse_args(args) if not isinstance(args, dict) else parser.parse_object(args)
         config = self.config[sub]
+        if self._checkpoint is not None:
+            config.ckpt_path = ckpt_path
         for part, name in (("model", "backbone"), ("data", "dataset")):
             if config[part][name] == AUTO and f"{part}.{name}" in defaults:  # `auto` written in a config file
                 config[part][name] = defaults[f"{part}.{name}"]
@@ -92,7 +94,7 @@ class AGNewsCLI(CLIHooks):
         inherited = [
             f"{key}={config.data[key]}"
             for key in vars(config.data)
-            if key != "tokenizer" and "ckpt_path" in defaults and config.data[key] != first.data[key]
+            if key != "tokenizer" and self._checkpoint is not None and config.data[key] != first.data[key]
         ]
         if inherited:
             print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)

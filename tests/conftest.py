@@ -251,3 +251,28 @@ class SignalAtStep(L.Callback):
         self.seen += 1
         if self.seen == self.batches and trainer.is_global_zero:
             os.kill(os.getpid(), self.signum)
+
+
+class WreckWeightsFromEpoch(L.Callback):
+    """Scrambles the model's weights at the start of every epoch from `epoch` on: those epochs are worse than
+    any before them, as a diverged run's are."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.epoch:
+            generator = torch.Generator().manual_seed(trainer.current_epoch)
+            with torch.no_grad():
+                for param in pl_module.parameters():
+                    param.add_(torch.randn(param.shape, generator=generator) * 3)
+
+
+def callback_config(folder: Path, name: str, class_name: str, **init_args) -> Path:
+    """A `--config` file that adds one of these test callbacks to the trainer."""
+    path = folder / f"{name}.yaml"
+    args = ", ".join(f"{key}: {value}" for key, value in init_args.items())
+    path.write_text(
+        f"trainer:\n  callbacks:\n    - class_path: tests.conftest.{class_name}\n      init_args: {{{args}}}\n"
+    )
+    return path

@@ -16,7 +16,7 @@ from agnews.checkpoints import read_checkpoint
 from agnews.data import AGNewsDataModule
 from agnews.token_cache import read_cache
 from agnews.train import cli_main
-from tests.conftest import ROOT, fit_args
+from tests.conftest import ROOT, callback_config, fit_args
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -49,8 +49,12 @@ def fit_with_signal(tmp_path, batches: int, signum: int, args: list[str]) -> sub
         (signal.SIGTERM, ("--trainer.limit_train_batches", "5"), 8, "epoch 1, step 8"),
         # 2 batches per optimizer step, 4 steps per epoch: a signal after the 11th batch waits for the 12th
         (signal.SIGINT, ("--trainer.accumulate_grad_batches", "2"), 11, "epoch 1, step 6"),
+        # a loader worker draws the resumed epoch's batches: it must draw that epoch's order, not epoch 0's
+        (signal.SIGINT, ("--data.num_workers", "1"), 13, "epoch 1, step 13"),
+        # stopped at the end of an epoch: the resume starts the next one from its first batch
+        (signal.SIGINT, (), 16, "epoch 1, step 16"),
     ],
-    ids=["sigint", "sigterm", "limit_train_batches", "accumulate_grad_batches"],
+    ids=["sigint", "sigterm", "limit_train_batches", "accumulate_grad_batches", "workers", "epoch_end"],
 )
 def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
     signum, options, batches, stop, tiny_bert, data_dir, tmp_path
@@ -307,6 +311,77 @@ def test_two_processes_train_as_one_ddp(tiny_bert, data_dir, tmp_path):
     assert ddp_report["accuracy"] == pytest.approx(single_report["accuracy"], abs=1e-6)
     assert ddp_report["confusion_matrix"] == single_report["confusion_matrix"]
     assert float(tested.trainer.callback_metrics["test_acc"]) == pytest.approx(single_report["accuracy"], abs=1e-6)
+
+
+def test_a_resume_whose_later_epochs_are_worse_keeps_the_earlier_best(
+    tiny_bert, data_dir, tmp_path, monkeypatch, capsys
+):
+    root = tmp_path / "run"
+    first = cli_main(["fit", *fit_args(tiny_bert, data_dir, root, "--trainer.max_epochs", "2")])
+    best = Path(first.trainer.checkpoint_callback.best_model_path)
+    best_score = float(first.trainer.checkpoint_callback.best_model_score)
+    capsys.readouterr()
+    # the resume names neither encoder nor data, and the hub "answers": all of it must come from the checkpoint
+    monkeypatch.setattr("agnews.sources.hub_status", lambda: pytest.fail("a resume must not choose sources again"))
+    wreck = callback_config(tmp_path, "wreck", "WreckWeightsFromEpoch", epoch=2)
+    resumed = cli_main(
+        [
+            "fit",
+            "--config",
+            str(wreck),
+            "--ckpt_path",
+            "last",
+            "--trainer.max_epochs",
+            "4",
+            "--trainer.default_root_dir",
+            str(root),
+            "--data.cache_dir",
+            str(root / "cache"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    out = capsys.readouterr()
+    assert resumed.model.hparams.backbone == str(tiny_bert) and resumed.datamodule.hparams.dataset == str(data_dir)
+    assert resumed.datamodule.hparams.max_length == 32 and resumed.datamodule.hparams.val_size == 32
+    # one run folder; its best is still the first run's, with its score; the worse epochs were not kept
+    assert [p.name for p in (root / "lightning_logs").iterdir()] == ["version_0"]
+    callback = resumed.trainer.checkpoint_callback
+    assert Path(callback.best_model_path) == best and float(callback.best_model_score) == best_score
+    assert sorted(p.name for p in best.parent.iterdir()) == sorted([best.name, "last.ckpt"])
+    summary = next(c for c in resumed.trainer.callbacks if type(c).__name__ == "FitSummary")
+    assert [v["epoch"] for v in summary.val_history] == [0, 1, 2, 3]  # the whole training
+    kept = int(best.name.split("-")[0].split("=")[1])
+    assert f"kept epoch {kept} (best val_loss)" in out.out and f"best checkpoint: {best}" in out.out
+    assert min(summary.val_history[2:], key=lambda v: v["val_loss"])["val_loss"] > best_score
+    tested = cli_main(["test", "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"])
+    assert Path(tested.trainer.ckpt_path) == best
+
+
+@pytest.mark.slow
+def test_ddp_resume_matches_an_uninterrupted_ddp_run(tiny_bert, data_dir, tmp_path):
+    # Lightning rebuilds the training loader with a DistributedSampler: the resumed position must reach it
+    ddp = ("--trainer.max_epochs", "3", "--model.dropout", "0.0", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+    def fit(root, *extra, config=None):
+        command = [sys.executable, "-m", "agnews.train", "fit", *(["--config", str(config)] if config else [])]
+        command += [*fit_args(tiny_bert, data_dir, root, *ddp), *extra]
+        return subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400)
+
+    reference = fit(tmp_path / "ref")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    root = tmp_path / "run"
+    # 4 batches per epoch in each process: after 6, the middle of the second epoch
+    signal_config = callback_config(tmp_path, "sigint", "SignalAtStep", batches=6, signum=int(signal.SIGINT))
+    stopped = fit(root, config=signal_config)
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
+    assert "stopped at epoch 1, step 6" in stopped.stderr
+    resumed = fit(root, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = weights(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    expected = weights(tmp_path / "ref" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=1e-5)
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tiny_bert, data_dir, tmp_path):
