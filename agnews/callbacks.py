@@ -184,20 +184,30 @@ class SafeCheckpoint(CheckpointHooks):
         super().on_train_epoch_end(trainer, pl_module)
         if self.saves_on_train_epoch_end(trainer):
             self.refresh_last(trainer)
+        if self._stop_requested(trainer):  # a signal during the epoch's last batch: the epoch was finished first
+            self._stop(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not self.saves_on_train_epoch_end(trainer):
             self.refresh_last(trainer)
 
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        # every process stops at the same step, whichever of them got the signal
+        return trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        # every process stops at the same step, whichever of them got the signal
-        if not trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False):
+        if not self._stop_requested(trainer):
             return
         batch_idx = args[-1] if args else kwargs.get("batch_idx", 0)
-        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 < trainer.num_training_batches:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch's last batch: its validation and epoch-end checkpoint come first (on_train_epoch_end)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-accumulation: the gradients summed so far are not in a checkpoint, finish the step first
+        self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
         signum = self._signal or signal.SIGTERM
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         self.write(trainer, path)

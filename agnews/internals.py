@@ -15,8 +15,10 @@ def attention_of(model) -> str | None:
 
 def can_switch_attention(model) -> bool:
     """False for encoders written before transformers' attention interface (MPNet): they keep their one
-    attention, and `set_attn_implementation` would only warn."""
-    return bool(model._can_set_attn_implementation())
+    attention, and `set_attn_implementation` would only warn. transformers decides by reading the source of the
+    model's module; for agnews' mean-pooled subclasses (agnews.pooling) the stock class's module is the one to read."""
+    stock = next((c for c in type(model).__mro__ if c.__module__.startswith("transformers.models.")), type(model))
+    return bool(stock._can_set_attn_implementation())
 
 
 def dataset_fingerprint(dataset) -> str:

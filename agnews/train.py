@@ -73,7 +73,7 @@ class AGNewsCLI(CLIHooks):
             ckpt_path = str(find_checkpoint(self._log_root(first), first.get("ckpt_path") or "best"))
             self._checkpoint = read_checkpoint(ckpt_path)  # refuses a damaged file before Lightning reads it
             print(f"agnews: {sub} uses checkpoint {ckpt_path}", file=sys.stderr, flush=True)
-            defaults = self._checkpoint_defaults(first)
+            defaults = self._checkpoint_defaults(first, Path(ckpt_path), resumes=sub == "fit")
         elif sub == "fit":
             model, data, line = choose_defaults(first.model.backbone == AUTO, first.data.dataset == AUTO)
             if line is not None:
@@ -104,7 +104,7 @@ class AGNewsCLI(CLIHooks):
             sys.stdout.write(yaml.safe_dump(dump, sort_keys=False))
             raise SystemExit(0)
 
-    def _checkpoint_defaults(self, first) -> dict:
+    def _checkpoint_defaults(self, first, ckpt_path: Path, resumes: bool) -> dict:
         """The model and data settings of the checkpoint's run, as `model.x`/`data.x` defaults."""
         checkpoint = self._checkpoint
         defaults = {}
@@ -113,6 +113,11 @@ class AGNewsCLI(CLIHooks):
             ("data", checkpoint.get("datamodule_hyper_parameters", {})),
         ):
             defaults |= {f"{part}.{k}": v for k, v in saved.items() if k in vars(first[part]) and k != "tokenizer"}
+        # a resumed fit also keeps its run's checkpoint rule (monitor, mode, ...), so ModelCheckpoint finds its state
+        saved_config = ckpt_path.resolve().parent.parent / "config.yaml"
+        if resumes and saved_config.is_file():
+            rule = (yaml.safe_load(saved_config.read_text()) or {}).get("checkpoint") or {}
+            defaults |= {f"checkpoint.{k}": v for k, v in rule.items() if k in vars(first.checkpoint)}
         return defaults
 
     def before_instantiate_classes(self) -> None:
