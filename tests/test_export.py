@@ -62,10 +62,13 @@ def pipeline_labels(folder, texts, cwd, trust_remote_code=False) -> subprocess.C
         "import json, sys\n"
         "from transformers import pipeline\n"
         "pipe = pipeline('text-classification', model=sys.argv[1], trust_remote_code=sys.argv[3] == 'yes')\n"
-        "print(json.dumps([r['label'] for r in pipe(json.loads(sys.argv[2]), truncation=True)]))\n"
+        "texts = json.load(open(sys.argv[2]))\n"
+        "print(json.dumps([r['label'] for r in pipe(texts, truncation=True, batch_size=64)]))\n"
     )
+    inputs = cwd / "pipeline-texts.json"
+    inputs.write_text(json.dumps(list(texts)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_HOME": str(cwd / "hf-home")}
-    args = [sys.executable, "-c", script, str(folder), json.dumps(texts), "yes" if trust_remote_code else "no"]
+    args = [sys.executable, "-c", script, str(folder), str(inputs), "yes" if trust_remote_code else "no"]
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
 
 

@@ -11,9 +11,7 @@ def fit_then_test(config: str, tmp_path, *fit_args: str, dataset: bool = True):
     """`fit` a config briefly on the real data, then `test` its best checkpoint on 400 or fewer test rows."""
     common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
     named = ["--data.dataset", str(BUNDLED_AG_NEWS)] if dataset else []
-    configs = ["--config", str(ROOT / "configs" / "default.yaml")]
-    if config != "default.yaml":  # the others override the default run
-        configs += ["--config", str(ROOT / "configs" / config)]
+    configs = ["--config", str(ROOT / "configs" / config)]  # each config alone: an override of the defaults
     cli_main(["fit", *configs, *named, *common, *fit_args])
     cli = cli_main(["test", *common, "--data.test_size", "400"])
     return cli, float(cli.trainer.callback_metrics["test_acc"])
@@ -81,3 +79,35 @@ def test_default_run_without_the_hub_trains_minilm_on_the_bundled_rows(minilm, t
     assert cli.datamodule.hparams.dataset == str(sources.BUNDLED_DATASET)
     assert "offline default" in cli.model.hparams.chosen_by
     assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"
+
+
+@pytest.mark.slow
+def test_the_default_model_exports_and_a_stock_pipeline_agrees_with_predict(minilm, tmp_path, monkeypatch):
+    # the default run's model (offline path: mean-pooled MiniLM), briefly trained; predict on 1,000 official test
+    # rows with `predict` (precision auto: bf16 where native) and with a stock pipeline on the export (fp32)
+    import csv
+    import json
+
+    import pandas as pd
+
+    from agnews.export import main as export_main
+    from tests.test_export import pipeline_labels
+
+    monkeypatch.chdir(tmp_path)
+    sources.hub_status.cache_clear()
+    common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
+    fit = ["--data.train_size", "320", "--data.max_length", "64", "--trainer.max_epochs", "1"]
+    cli_main(["fit", *common, *fit])
+    out = tmp_path / "predictions.csv"
+    cli_main(["predict", *common, "--data.test_size", "1000", "--prediction.output", str(out)])
+    with open(out, newline="") as f:
+        predicted = {int(row["id"]): row["label"] for row in csv.DictReader(f)}
+    assert len(predicted) == 1000
+    export_main([str(tmp_path / "exported")])
+    texts = pd.read_parquet(BUNDLED_AG_NEWS / "test.parquet")["text"]
+    ids = sorted(predicted)
+    result = pipeline_labels(tmp_path / "exported", [texts[i] for i in ids], tmp_path, trust_remote_code=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels = json.loads(result.stdout.strip().splitlines()[-1])
+    agree = sum(label == predicted[i] for label, i in zip(labels, ids, strict=True)) / len(ids)
+    assert agree >= 0.995, f"the pipeline agrees with predict on {agree:.2%} of 1,000 rows"
