@@ -172,7 +172,23 @@ def _load(what: str, name: str, loader, **kwargs):
                 f"cannot download {what} {name!r}: {why} and no complete local copy is cached; pass a local "
                 f"folder (e.g. --model.backbone {OFFLINE_BACKBONE}), or leave --model.backbone unset for the offline default"
             ) from None
-        raise AGNewsError(f"{what} {name!r} not found: it is neither a local model folder nor a hub model id") from None
+        if not from_hub or "not a valid model identifier" in text or "Repository Not Found" in text:
+            raise AGNewsError(
+                f"{what} {name!r} not found: it is neither a local model folder nor a hub model id"
+            ) from None
+        raise _download_failed(what, name, err) from None
+    except Exception as err:  # the hub answered, then failed mid-download (timeouts, dropped connections, bad files)
+        if not from_hub or isinstance(err, AGNewsError):
+            raise
+        raise _download_failed(what, name, err) from None
+
+
+def _download_failed(what: str, name: str, err: Exception) -> AGNewsError:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return AGNewsError(
+        f"cannot download {what} {name!r}: the hub failed during the download ({type(err).__name__}: {reason}); "
+        f"nothing incomplete is kept: run again, or pass a local folder with --model.backbone"
+    )
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from agnews import backbone
+from agnews.atomic import atomic_file
 from agnews.batching import (
     LengthGroupedBatchSampler,
     PadCollator,
@@ -209,24 +211,46 @@ class AGNewsDataModule(L.LightningDataModule):
             stage, ["train", "test"]
         )
 
-    def _locate(self, splits: list[str]):
+    def _hub_index(self) -> Path:
+        """Where prepare_data notes the `datasets` fingerprint of each split of a hub dataset, so that setup finds
+        the cache files without loading the dataset (and asking the hub) again."""
+        name = hashlib.sha256(self.hparams.dataset.encode()).hexdigest()[:16]
+        return self.cache.root / f"hub-{name}.json"
+
+    def _locate(self, splits: list[str], in_setup: bool = False):
         """The cache file of each split, the tokenizer, and the raw data where finding the files needed it."""
         hp = self.hparams
         tokenizer = backbone.load_tokenizer(hp.tokenizer)
         local = Path(hp.dataset).expanduser()
         loaded = None
+        noted = {}
+        if not local.is_dir() and in_setup and self._hub_index().is_file():
+            noted = json.loads(self._hub_index().read_text())
         if local.is_dir():  # hashing the files is much faster than loading them: a warm cache stays near-instant
             fingerprints = dict.fromkeys(splits, _folder_fingerprint(local))
+        elif all(split in noted for split in splits):  # setup after this run's prepare_data: no second load
+            fingerprints = {split: noted[split] for split in splits}
         else:
             loaded = self._load_raw(splits)
             fingerprints = {split: dataset_fingerprint(loaded[0][split]) for split in splits}
+            if not in_setup:
+                self._note_fingerprints(fingerprints)
         tok_fp = backbone.tokenizer_fingerprint(tokenizer)
         paths = {split: self.cache.path(split, fingerprints[split], tok_fp) for split in splits}
         return paths, tokenizer, loaded
 
+    def _note_fingerprints(self, fingerprints: dict[str, str]) -> None:
+        index = self._hub_index()
+        index.parent.mkdir(parents=True, exist_ok=True)
+        with self.cache.lock(index):
+            noted = json.loads(index.read_text()) if index.is_file() else {}
+            with atomic_file(index) as tmp:
+                tmp.write_text(json.dumps(noted | fingerprints))
+
     def _load_raw(self, splits: list[str]):
         raw, class_names = load_raw(self.hparams.dataset)
-        for split in splits:
+        # fit needs only train, but the run is tested afterwards: a data set without a test split fails now, not then
+        for split in [*splits, *(["test"] if "train" in splits and self._stage() == "fit" else [])]:
             if split not in raw:
                 raise AGNewsError(
                     f"dataset {self.hparams.dataset!r} has no {split!r} split (found: {', '.join(raw) or 'none'}); "
@@ -299,7 +323,7 @@ class AGNewsDataModule(L.LightningDataModule):
     # ---- setup: runs in every process, assigns state ----
 
     def _load_split(self, split: str) -> dict:
-        path = self._locate([split])[0][split]
+        path = self._locate([split], in_setup=True)[0][split]
         if not path.is_file():
             raise AGNewsError(f"no tokenized cache for the {split} split at {path}; call prepare_data() first")
         try:

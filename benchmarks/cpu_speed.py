@@ -372,7 +372,9 @@ def main() -> None:
     }
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     record["precision"] = precision
-    saved.setdefault(info.model, {})[f"{args.backbone} subset={args.subset or 'all'} {precision}"] = record
+    # one CPU model name can cover CPUs with and without native bf16 (Intel Xeon): both are in the key
+    cpu_key = f"{info.model} ({'native bf16' if native else 'no native bf16'})"
+    saved.setdefault(cpu_key, {})[f"{args.backbone} subset={args.subset or 'all'} {precision}"] = record
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     print(f"saved to {RESULTS.relative_to(ROOT)}")

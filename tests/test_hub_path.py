@@ -1,0 +1,139 @@
+"""The online default, end to end, against a hub on localhost (tests/local_hub.py) through the real Hugging Face
+clients: nothing patched, each run a `python -m agnews.train` process as `make fit` starts it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.local_hub import DATASET_REPO, MODEL_REPO, LocalHub
+
+# the hub serves 8,000 of the official training rows: the budget draws its 6,000 + 1,000 from them
+TRAIN_ROWS, TEST_ROWS = 8000, 400
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = LocalHub(train_rows=TRAIN_ROWS, test_rows=TEST_ROWS).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    """A user's machine: an empty home folder (Hugging Face cache, agnews cache) and a working folder."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    return tmp_path
+
+
+def agnews(home: Path, hub: LocalHub | None, *args: str, offline: bool = False, timeout: int = 600):
+    env = {
+        **os.environ,
+        "HOME": str(home / "home"),
+        "HF_HOME": str(home / "home" / ".cache" / "huggingface"),
+        "HF_HUB_OFFLINE": "1" if offline else "0",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("HF_ENDPOINT", None)
+    if hub is not None:
+        env["HF_ENDPOINT"] = hub.url
+    command = [sys.executable, "-m", "agnews.train", *args]
+    return subprocess.run(command, cwd=home / "work", env=env, capture_output=True, text=True, timeout=timeout)
+
+
+FAST = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
+SMALL = [*FAST, "--data.train_size", "640", "--data.val_size", "200"]  # where the budget is not what is tested
+
+
+def one_line_error(run, says: str) -> None:
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("agnews: error: ") and says in last, last
+
+
+@pytest.mark.slow
+def test_the_default_run_through_a_local_hub(hub, home):
+    # 1. make fit's commands: the hub answers, so the hub path is chosen, downloaded, trained and tested
+    fit = agnews(home, hub, "fit", *FAST)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    first_line = next(line for line in fit.stderr.splitlines() if line.startswith("agnews: "))
+    assert first_line.startswith(f"agnews: encoder {MODEL_REPO} and data {DATASET_REPO} from the hub")
+    assert "6,000 training rows, 1,000 validation rows" in fit.stderr + fit.stdout
+    assert any(r.startswith("GET /distilbert-base-uncased/resolve/") for r in hub.requests)
+    test = agnews(home, hub, "test", "--trainer.enable_progress_bar", "false")
+    assert test.returncode == 0, test.stderr[-3000:]
+    report = home / "work" / "lightning_logs" / "version_0" / "checkpoints" / "test_report.md"
+    assert report.is_file() and MODEL_REPO in report.read_text()
+
+    # 2. a second run reads everything from the caches: no file is downloaded again
+    seen = len(hub.requests)
+    again = agnews(home, hub, "fit", *FAST)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not [r for r in hub.requests[seen:] if r.startswith("GET") and "/resolve/" in r]
+    assert "cache hit for train" in again.stderr + again.stdout
+
+    # 3. the server gone and HF_HUB_OFFLINE=1: test and predict from the checkpoint alone
+    test = agnews(home, None, "test", "--trainer.enable_progress_bar", "false", offline=True)
+    assert test.returncode == 0, test.stderr[-3000:]
+    texts = home / "work" / "news.txt"
+    texts.write_text("Stocks slid as oil rose\nThe team won the league\n")
+    predict = agnews(
+        home, None, "predict", "--data.predict_file", str(texts), "--prediction.output", "out.csv", offline=True
+    )
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    assert len((home / "work" / "out.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fault, says",
+    [
+        ("500", "the hub answered HTTP 500"),
+        ("stall", "cannot download backbone"),
+        ("truncate", "cannot download backbone"),
+        ("vanish", "cannot download backbone"),
+    ],
+)
+def test_hub_faults_are_one_line_and_leave_nothing_half_cached(fault, says, home):
+    server = LocalHub(train_rows=TRAIN_ROWS, test_rows=TEST_ROWS).start()
+    try:
+        server.faults.add(fault)
+        failed = agnews(home, server, "fit", *SMALL, timeout=300)
+        if fault == "500":  # the probe hears a broken hub: the offline default runs instead
+            assert failed.returncode == 0, failed.stderr[-3000:]
+            assert "offline default" in failed.stderr and says in failed.stderr
+            return
+        one_line_error(failed, says)
+        assert not list((home / "work").glob("lightning_logs/version_*"))
+        server.faults.clear()
+        healthy = agnews(home, server, "fit", *SMALL)  # nothing cleaned by hand
+        assert healthy.returncode == 0, healthy.stderr[-3000:]
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dataset, says",
+    [
+        ({"splits": ("train",)}, "has no 'test' split"),
+        ({"labels_shift": 2}, "labels must be integers 0..3"),
+    ],
+    ids=["no_test_split", "labels_out_of_range"],
+)
+def test_bad_hub_datasets_are_one_line(dataset, says, home):
+    server = LocalHub(train_rows=TRAIN_ROWS, test_rows=TEST_ROWS).start()
+    try:
+        server.replace_dataset(TRAIN_ROWS, TEST_ROWS, **dataset)
+        failed = agnews(home, server, "fit", *SMALL)
+        one_line_error(failed, says)
+        assert not list((home / "work").glob("lightning_logs/version_*"))
+        assert not list((home / "home" / ".cache" / "agnews").glob("*.pt"))  # no cache file that looks valid
+    finally:
+        server.close()
