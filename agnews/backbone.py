@@ -183,8 +183,11 @@ def _load(what: str, name: str, loader, **kwargs):
         raise _download_failed(what, name, err) from None
 
 
-def _download_failed(what: str, name: str, err: Exception) -> AGNewsError:
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+def _download_failed(what: str, name: str, err: BaseException) -> AGNewsError:
+    # transformers wraps what went wrong (a timeout, a dropped connection, a short file) in a generic OSError
+    while (err.__cause__ or err.__context__) is not None and "Consistency check" not in str(err):
+        err = err.__cause__ or err.__context__
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
     return AGNewsError(
         f"cannot download {what} {name!r}: the hub failed during the download ({type(err).__name__}: {reason}); "
         f"nothing incomplete is kept: run again, or pass a local folder with --model.backbone"

@@ -105,9 +105,12 @@ def test_hub_faults_are_one_line_and_leave_nothing_half_cached(fault, says, home
     try:
         server.faults.add(fault)
         failed = agnews(home, server, "fit", *SMALL, timeout=300)
-        if fault == "500":  # the probe hears a broken hub: the offline default runs instead
+        if fault == "500":  # the probe hears a broken hub: the default run takes the offline path instead ...
             assert failed.returncode == 0, failed.stderr[-3000:]
             assert "offline default" in failed.stderr and says in failed.stderr
+            # ... and a run that names the hub's encoder and data stops with one line
+            named = ["--model.backbone", MODEL_REPO, "--data.dataset", DATASET_REPO]
+            one_line_error(agnews(home, server, "fit", *SMALL, *named), "cannot download backbone config")
             return
         one_line_error(failed, says)
         assert not list((home / "work").glob("lightning_logs/version_*"))
