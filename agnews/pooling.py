@@ -49,6 +49,13 @@ class MeanPooling:
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+class MeanAtPositionZero(MeanPooling):
+    """RoBERTa's, XLM-R's and MPNet's heads read position 0 (dense -> tanh -> out_proj): the mean goes there."""
+
+    def head(self, pooled):
+        return self.classifier(pooled.unsqueeze(1))
+
+
 class MeanPooledBertConfig(BertConfig):
     model_type = "agnews-mean-pooled-bert"
 
@@ -81,33 +88,24 @@ class MeanPooledRobertaConfig(RobertaConfig):
     model_type = "agnews-mean-pooled-roberta"
 
 
-class MeanPooledRobertaForSequenceClassification(MeanPooling, RobertaForSequenceClassification):
+class MeanPooledRobertaForSequenceClassification(MeanAtPositionZero, RobertaForSequenceClassification):
     config_class = MeanPooledRobertaConfig
-
-    def head(self, pooled):  # the head reads position 0 (dense -> tanh -> out_proj): give it the mean there
-        return self.classifier(pooled.unsqueeze(1))
 
 
 class MeanPooledXLMRobertaConfig(XLMRobertaConfig):
     model_type = "agnews-mean-pooled-xlm-roberta"
 
 
-class MeanPooledXLMRobertaForSequenceClassification(MeanPooling, XLMRobertaForSequenceClassification):
+class MeanPooledXLMRobertaForSequenceClassification(MeanAtPositionZero, XLMRobertaForSequenceClassification):
     config_class = MeanPooledXLMRobertaConfig
-
-    def head(self, pooled):
-        return self.classifier(pooled.unsqueeze(1))
 
 
 class MeanPooledMPNetConfig(MPNetConfig):
     model_type = "agnews-mean-pooled-mpnet"
 
 
-class MeanPooledMPNetForSequenceClassification(MeanPooling, MPNetForSequenceClassification):
+class MeanPooledMPNetForSequenceClassification(MeanAtPositionZero, MPNetForSequenceClassification):
     config_class = MeanPooledMPNetConfig
-
-    def head(self, pooled):
-        return self.classifier(pooled.unsqueeze(1))
 
 
 # the stock model type each mean-pooled classifier is built from

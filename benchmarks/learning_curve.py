@@ -41,8 +41,6 @@ def encoder_run(size: int | None, args, root: str) -> dict:
         [
             "fit",
             "--config",
-            str(ROOT / "configs" / "default.yaml"),
-            "--config",
             str(ROOT / "configs" / "offline.yaml"),
             *common,
             "--trainer.max_epochs",
@@ -127,9 +125,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(results)
     plot(results, args.out_dir / "learning_curve.png")
-    print(
-        f"\n{args.epochs} epochs, learning rate {args.lr}, configs/default.yaml + offline.yaml; test: {len(raw['test']):,} rows\n"
-    )
+    print(f"\n{args.epochs} epochs, learning rate {args.lr}, configs/offline.yaml; test: {len(raw['test']):,} rows\n")
     print(
         "| training rows | MiniLM-L6 fine-tuned | TF-IDF + linear SVM | fine-tuning minutes (fit, incl. validation) |"
     )
