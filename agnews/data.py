@@ -343,7 +343,12 @@ class AGNewsDataModule(L.LightningDataModule):
             labels = train["labels"].numpy()
             generator = torch.Generator().manual_seed(hp.seed)
             val_rows, train_rows = stratified_take(labels, hp.val_size, generator, "val_size")
-            if hp.train_size is not None:
+            if isinstance(hp.train_size, int) and hp.train_size >= len(train_rows):
+                # a budget larger than the data (the hub default's 6,000 of a smaller copy): all rows, said once
+                rank_zero_info(
+                    f"agnews: train_size={hp.train_size:,} is more than the {len(train_rows):,} rows left: all taken"
+                )
+            elif hp.train_size is not None:
                 train_rows = train_rows[stratified_take(labels[train_rows], hp.train_size, generator, "train_size")[0]]
             self.train_set = TokenizedDataset(train, train_rows)
             self.val_set = TokenizedDataset(train, val_rows)

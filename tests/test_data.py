@@ -95,6 +95,14 @@ def test_split_is_seeded(data_dir, tiny_bert, tmp_path):
     assert val_rows(1) != val_rows(2)
 
 
+def test_a_train_size_beyond_the_data_takes_every_row(data_dir, tiny_bert, tmp_path, caplog):
+    # the hub default's budget (6,000 rows) on a copy that holds fewer
+    dm = make_dm(data_dir, tiny_bert, tmp_path, val_size=32, train_size=6000)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 128 and "train_size=6,000 is more than the 128 rows left: all taken" in caplog.text
+
+
 def test_train_size_subset_is_stratified(data_dir, tiny_bert, tmp_path):
     dm = make_dm(data_dir, tiny_bert, tmp_path, val_size=0.25, train_size=0.5)
     dm.prepare_data()
