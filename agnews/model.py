@@ -1,6 +1,7 @@
 """The classifier: a Hugging Face encoder with a sequence-classification head, trained with AdamW."""
 
 import json
+import math
 import re
 from typing import Any
 
@@ -15,9 +16,10 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
-from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from agnews import backbone as backbones
+from agnews.budget import LinearSchedule
 from agnews.errors import AGNewsError
 
 # Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
@@ -257,8 +259,12 @@ class AGNewsClassifier(L.LightningModule):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.weight_decay, hp.learning_rate, hp.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):  # no epoch limit (a time budget): one epoch until agnews.budget sizes the run
+            total = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
+        # warm-up, then linear decay to zero at the last step (transformers' linear schedule), resizable by a budget
+        self.lr_schedule = LinearSchedule(int(total), int(hp.warmup_ratio * int(total)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # Tokenizer and encoder config travel inside the checkpoint (as the text files of a model folder without

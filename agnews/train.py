@@ -10,6 +10,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
+from agnews.budget import TimeBudget
 from agnews.callbacks import EpochEstimate, FitSummary, PredictionWriter, SafeCheckpoint, TestReport
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint, runs
 from agnews.data import AGNewsDataModule
@@ -74,11 +75,13 @@ class AGNewsCLI(CLIHooks):
             self._checkpoint = read_checkpoint(ckpt_path)  # refuses a damaged file before Lightning reads it
             print(f"agnews: {sub} uses checkpoint {ckpt_path}", file=sys.stderr, flush=True)
             defaults = self._checkpoint_defaults(first, Path(ckpt_path), resumes=sub == "fit")
-        elif sub == "fit":
+        if sub == "fit" and first.trainer.get("max_time") and not first.get("ckpt_path"):
+            defaults["trainer.max_epochs"] = -1  # the budget decides the length; a typed max_epochs still caps it
+        if sub == "fit" and not first.get("ckpt_path"):
             model, data, line = choose_defaults(first.model.backbone == AUTO, first.data.dataset == AUTO)
             if line is not None:
                 print(f"agnews: {line}", file=sys.stderr, flush=True)
-                defaults = {"model.chosen_by": line}
+                defaults |= {"model.chosen_by": line}
                 defaults |= {f"model.{k}": v for k, v in model.items()}
                 defaults |= {f"data.{k}": v for k, v in data.items()}
         if defaults:
@@ -174,6 +177,7 @@ def cli_main(args=None) -> AGNewsCLI:
                 "callbacks": [
                     LearningRateMonitor(logging_interval="step"),
                     EpochEstimate(),
+                    TimeBudget(),
                     FitSummary(),
                     TestReport(),
                 ],
