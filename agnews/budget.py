@@ -112,7 +112,9 @@ class TimeBudget(Callback):
         done = trainer.global_step
         if self.plan is not None and self.plan.total_steps - done < self.measure:
             return  # the last few steps: nothing left to correct
-        left = self._budget - (time.perf_counter() - self._started)
+        # a reserve of 2% (at least a few steps): the plan must end before Lightning's Timer cuts it mid-decay
+        reserve = max(0.02 * self._budget, 3 * step_seconds)
+        left = self._budget - (time.perf_counter() - self._started) - reserve
         if self.plan is None:
             first = plan(left, step_seconds, self._val_seconds, None, self.validations)
             target, self._cadence = done + first.total_steps, first.val_every
