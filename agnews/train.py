@@ -161,7 +161,8 @@ class AGNewsCLI(CLIHooks):
                 shutil.rmtree(run, ignore_errors=True)
 
 
-def cli_main(args=None) -> AGNewsCLI:
+def cli_main(args=None, callbacks=()) -> AGNewsCLI:
+    """`callbacks`: objects added to the default ones (agnews.search hands each trial its pruning callback)."""
     try:
         return AGNewsCLI(
             AGNewsClassifier,
@@ -180,6 +181,7 @@ def cli_main(args=None) -> AGNewsCLI:
                     TimeBudget(),
                     FitSummary(),
                     TestReport(),
+                    *callbacks,
                 ],
             },
             save_config_kwargs={"overwrite": True},

@@ -1,0 +1,114 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from agnews.search import duration, flags_to_dict, main
+from agnews.train import cli_main
+from tests.conftest import fit_args
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_pass_through_fit_flags_become_nested_settings():
+    assert flags_to_dict(["--data.train_size", "2000", "--model.pooling=mean", "--trainer.max_epochs", "3"]) == {
+        "data": {"train_size": 2000},
+        "model": {"pooling": "mean"},
+        "trainer": {"max_epochs": 3},
+    }
+    assert duration("00:01:30:00") == 5400 and duration("10:00") == 600
+
+
+def _study(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def test_a_tiny_search_resumes_prunes_survives_ctrl_c_and_writes_a_loadable_best_yaml(
+    tiny_bert, data_dir, tmp_path, capsys
+):
+    # the learning rate is searched down to 1e-9 (no learning at all); trial 0 is the base run's 3e-3
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {low: 1.0e-9, high: 1.0e-2}\nbatch_size: 16\npooling: mean\n")
+    search = ["--name", "tiny", "--root", str(tmp_path), "--encoders", str(tiny_bert), "--space", str(space)]
+    search += ["--trial_time", "00:00:00:04", "--startup_trials", "1"]
+    fit = ["--", *fit_args(tiny_bert, data_dir, tmp_path, "--model.learning_rate", "3e-3")]
+    folder = tmp_path / "lightning_logs" / "search" / "tiny"
+
+    assert main([*search, "--trials", "1", *fit]) == 0
+    study = _study(folder)
+    (base,) = study.trials
+    assert base.state == TrialState.COMPLETE and base.params["learning_rate"] == 3e-3
+    assert (folder / "trial_0" / "checkpoints").is_dir()  # each trial is an ordinary run folder
+
+    # resumed by a second process: a settings proposal that cannot learn is queued first, and pruned
+    study.enqueue_trial({"learning_rate": 1e-9})
+    assert main([*search, "--trials", "3", *fit]) == 0
+    study = _study(folder)
+    assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.trials[1].params["learning_rate"] == 1e-9 and len(study.trials) == 3
+    board = (folder / "leaderboard.md").read_text()
+    assert "| 1 |" in board and "pruned" in board and board.split("\n\n")[1] in capsys.readouterr().out
+
+    # Ctrl-C during a trial: exit 130, the finished trials kept, the interrupted settings queued for the next run
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agnews.search", *search, "--trials", "5", *fit],
+        cwd=PROJECT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    for line in process.stderr:
+        if line.startswith("agnews: trial 3:"):
+            break
+    for line in process.stderr:
+        if "agnews: budget" in line:  # training has started
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, rest[-2000:]
+    assert "search interrupted" in rest
+    study = _study(folder)
+    states = [t.state for t in study.trials]
+    assert states[:2] == [TrialState.COMPLETE, TrialState.PRUNED] and TrialState.RUNNING not in states
+    (stopped,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    (queued,) = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert queued.user_attrs["retry_of"] == stopped.number and queued.system_attrs["fixed_params"] == stopped.params
+
+    # the next run takes the interrupted settings first
+    finished = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    assert main([*search, "--trials", str(finished + 1), *fit]) == 0
+    study = _study(folder)
+    assert study.trials[-1].params == stopped.params and study.trials[-1].state != TrialState.FAIL
+
+    # best.yaml: the best trial's settings, taken by fit --config as they are
+    best = max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    written = yaml.safe_load((folder / "best.yaml").read_text())
+    assert written["model"]["learning_rate"] == best.params["learning_rate"]
+    assert written["data"]["dataset"] == str(data_dir) and written["trainer"]["max_time"] == "00:00:00:04"
+    cli = cli_main(
+        ["fit", "--config", str(folder / "best.yaml"), "--trainer.default_root_dir", str(tmp_path / "again")]
+    )
+    hp = cli.model.hparams
+    assert (hp.learning_rate, hp.pooling, hp.backbone) == (best.params["learning_rate"], "mean", str(tiny_bert))
+    assert cli.trainer.checkpoint_callback.best_model_score is not None
+
+
+def test_a_search_with_bad_settings_stops_with_one_line(tiny_bert, data_dir, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("dropout_rate: [0.1]\n")
+    args = ["--name", "bad", "--root", str(tmp_path), "--encoders", str(tiny_bert), "--space", str(space)]
+    assert main([*args, "--", *fit_args(tiny_bert, data_dir, tmp_path)]) == 2
+    assert (
+        "agnews: error: --space names 'dropout_rate'; the searchable settings are learning_rate"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as stop:  # a fit flag the run refuses stops the search before any trial
+        main(["--name", "bad2", "--root", str(tmp_path), "--", "--data.batch_sise", "8"])
+    assert stop.value.code == 2
+    assert not (tmp_path / "lightning_logs" / "search" / "bad2").exists()
