@@ -1,8 +1,12 @@
 import time
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch.callbacks import Timer
 
-from agnews.budget import LinearSchedule, plan
+from agnews import budget as budget_module
+from agnews.budget import LinearSchedule, TimeBudget, plan
 from agnews.train import cli_main
 from tests.conftest import fit_args
 
@@ -38,3 +42,57 @@ def test_a_budgeted_fit_ends_on_time_with_the_rate_at_zero(tiny_bert, data_dir, 
     assert cli.trainer.current_epoch > 2  # more than the default 2 epochs fit in 12 s on a tiny model
     assert cli.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == 0.0
     assert seconds < 12 * 1.5 + 10  # start-up is outside the budget; the goal's 5% is measured by hand
+
+
+class _Timer(Timer):
+    def __init__(self, seconds: float):
+        super().__init__(duration=timedelta(seconds=seconds))
+        self.seconds = seconds
+
+    def time_remaining(self, stage=None) -> float:
+        return self.seconds
+
+
+def _simulate(monkeypatch, budget_seconds: float, step_seconds, val_seconds: float, max_epochs: int = -1):
+    """Drives TimeBudget as Lightning's loop does, on a patched clock: steps cost `step_seconds(step)`,
+    validations `val_seconds`, at the cadence the budget set, and once more when it asks the run to stop."""
+    now = [0.0]
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: now[0])
+    epoch_loop = SimpleNamespace(max_steps=-1)
+    datamodule = SimpleNamespace(val_set=range(1000), hparams=SimpleNamespace(batch_size=32))
+    trainer = SimpleNamespace(
+        callbacks=[_Timer(budget_seconds)], global_step=0, datamodule=datamodule, accumulate_grad_batches=1,
+        max_epochs=max_epochs, num_training_batches=300, fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
+        check_val_every_n_epoch=1, val_check_batch=300, sanity_checking=False, should_stop=False,
+    )  # fmt: skip
+    schedule = LinearSchedule(total=600, warmup=60)
+    module = SimpleNamespace(lr_schedule=schedule, hparams=SimpleNamespace(warmup_ratio=0.1))
+    callback = TimeBudget()
+    callback.on_train_start(trainer, module)
+
+    def validate():
+        callback.on_validation_start(trainer, module)
+        now[0] += val_seconds
+        callback.on_validation_end(trainer, module)
+
+    while not trainer.should_stop and trainer.global_step < 100_000:
+        now[0] += step_seconds(trainer.global_step)
+        trainer.global_step += 1
+        callback.on_train_batch_end(trainer, module, None, None, trainer.global_step - 1)
+        if trainer.should_stop or (callback.plan and trainer.global_step % trainer.val_check_batch == 0):
+            validate()
+    return now[0], trainer, callback, schedule
+
+
+def test_the_budget_ends_within_5_percent_and_follows_a_drifting_pace(monkeypatch):
+    # steady: 0.5 s a step, 8 s a validation, 10 minutes
+    seconds, trainer, callback, schedule = _simulate(monkeypatch, 600, lambda step: 0.5, 8.0)
+    assert 0.95 * 600 <= seconds <= 600
+    assert trainer.global_step == callback.plan.total_steps == schedule.total and schedule(trainer.global_step) == 0.0
+    assert trainer.check_val_every_n_epoch is None and callback.plan.validations >= 4
+    # the machine slows to half speed a third of the way in: the rest of the run is resized, still on time
+    seconds, trainer, callback, schedule = _simulate(monkeypatch, 600, lambda step: 0.5 if step < 400 else 1.0, 8.0)
+    assert 0.95 * 600 <= seconds <= 600 and trainer.global_step == schedule.total
+    # a typed max_epochs that ends first: the earlier of the two (2 epochs of 300 steps)
+    seconds, trainer, callback, schedule = _simulate(monkeypatch, 600, lambda step: 0.5, 8.0, max_epochs=2)
+    assert trainer.global_step == schedule.total == 600 and seconds < 0.95 * 600
