@@ -260,7 +260,9 @@ class Search:
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_validations
+                n_startup_trials=args.startup_trials,
+                # validations are reported from rank 1; Optuna prunes from step == n_warmup_steps on
+                n_warmup_steps=args.warmup_validations + 1,
             ),
         )
         if not study.trials:  # trial 0: the base run's own settings, so the search starts from what it would beat

@@ -52,6 +52,8 @@ def test_a_tiny_search_resumes_prunes_survives_ctrl_c_and_writes_a_loadable_best
     study = _study(folder)
     assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert study.trials[1].params["learning_rate"] == 1e-9 and len(study.trials) == 3
+    pruned_at, full = len(study.trials[1].intermediate_values), len(study.trials[0].intermediate_values)
+    assert 2 <= pruned_at < full  # never on its first validation (--warmup_validations 1), and before its end
     board = (folder / "leaderboard.md").read_text()
     assert "| 1 |" in board and "pruned" in board and board.split("\n\n")[1] in capsys.readouterr().out
 
