@@ -133,6 +133,22 @@ def test_batches_are_padded_to_their_own_longest_row(data_dir, tiny_bert, tmp_pa
     assert batch["labels"].dtype == torch.long
 
 
+@pytest.mark.parametrize(
+    ("precision", "given", "expected"), [("32-true", None, 32), ("bf16-mixed", None, 128), ("32-true", 7, 7)]
+)
+def test_evaluation_batches_are_sized_for_the_runs_precision(precision, given, expected, data_dir, tiny_bert, tmp_path):
+    import lightning as L
+
+    dm = make_dm(data_dir, tiny_bert, tmp_path, val_size=40, eval_batch_size=given)
+    dm.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        sizes = [len(batch["labels"]) for batch in loader]
+        assert sizes[0] == min(expected, len(loader.dataset)) and sum(sizes) == len(loader.dataset)
+
+
 def test_classic_headerless_csv(tmp_path, tiny_bert):
     folder = tmp_path / "ag_news_csv"
     folder.mkdir()
