@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 CONTENDERS = {
     "hf-default": "HF Trainer, defaults (fp32, batch 16, eval batch 8)",
     "hf-tuned": "HF Trainer, tuned ({precision}, group_by_length, batch 32, eval batch 128)",
-    "agnews": "agnews CLI (its defaults: {precision}, batch 32, eval batch 128)",
+    "agnews": "agnews CLI (its defaults: {precision}, batch 32, eval batch {agnews_eval_batch})",
 }
 DISTILBERT_SHAPED = "distilbert-shaped"
 RESULTS = ROOT / "benchmarks" / "results" / "cpu_speed.json"
@@ -208,7 +208,7 @@ def run_agnews(args) -> dict:
         "--data.dataset", args.data,
         "--data.max_length", str(args.max_length),
         "--data.batch_size", str(args.batch_size),
-        "--data.eval_batch_size", str(args.eval_batch_size),
+        *(["--data.eval_batch_size", str(args.agnews_eval_batch_size)] if args.agnews_eval_batch_size else []),
         "--trainer.max_epochs", str(args.epochs),
         *(["--trainer.precision", "32-true"] if args.fp32 else []),
         *[flag for key, value in json.loads(args.agnews_model).items() for flag in (f"--model.{key}", str(value))],
@@ -261,7 +261,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--eval-batch-size", type=int, default=128)
+    parser.add_argument("--eval-batch-size", type=int, default=128, help="the Trainer contenders'")
+    parser.add_argument(
+        "--agnews-eval-batch-size", type=int, help="agnews's (default: its own, by precision: fp32 32, bf16 128)"
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
     parser.add_argument(
@@ -273,6 +276,11 @@ def main() -> None:
         "--fp32",
         action="store_true",
         help="every contender in fp32, as on a CPU without native bf16 (the fp32 path's ratios on this CPU)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then print the per-op profile of one agnews training step (benchmarks/profile_step.py --profile)",
     )
     parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -313,7 +321,9 @@ def main() -> None:
     bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
     train_flop, eval_flop = flops_per_token(args.backbone)
     tokens = next(iter(results.values()))["mean_tokens"]
-    train_limit, eval_limit = bf16_peak / (train_flop * tokens), bf16_peak / (eval_flop * tokens)
+    # the limit: every sample's matrix products at the matmul peak of the precision the run uses
+    peak = bf16_peak if precision == "bf16" else fp32_peak
+    train_limit, eval_limit = peak / (train_flop * tokens), peak / (eval_flop * tokens)
     print(
         f"\nbackbone {args.backbone}, {next(iter(results.values()))['train_rows']:,} training rows, "
         f"{next(iter(results.values()))['test_rows']:,} test rows, {args.epochs} epoch(s), lr {args.lr}, "
@@ -321,20 +331,23 @@ def main() -> None:
     )
     print(
         f"matmul peak: {fp32_peak / 1e9:.0f} GFLOP/s fp32, {bf16_peak / 1e9:.0f} GFLOP/s bf16; "
-        f"{tokens:.1f} tokens/sample; bf16 limit {train_limit:.0f} train / {eval_limit:.0f} eval samples/s\n"
+        f"{tokens:.1f} tokens/sample; {precision} limit {train_limit:.0f} train / {eval_limit:.0f} eval samples/s\n"
     )
     header = (
-        "| contender | train samples/s | eval samples/s | peak memory (MiB) | test acc | train share of bf16 limit |"
+        "| contender | train samples/s | eval samples/s | peak memory (MiB) | test acc "
+        f"| train share of {precision} limit | eval share |"
     )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, r in results.items():
         r["train_sps"] = r["train_rows"] * args.epochs / r["train_seconds"]
         r["eval_sps"] = r["test_rows"] / r["eval_seconds"]
-        r["label"] = CONTENDERS[name].format(precision=precision)
+        agnews_eval_batch = args.agnews_eval_batch_size or (128 if precision == "bf16" else 32)
+        r["label"] = CONTENDERS[name].format(precision=precision, agnews_eval_batch=agnews_eval_batch)
         print(
             f"| {r['label']} | {r['train_sps']:.1f} | {r['eval_sps']:.1f} | {r['peak_mib']:.0f} | "
-            f"{100 * r['test_acc']:.2f}% | {100 * r['train_sps'] / train_limit:.0f}% |"
+            f"{100 * r['test_acc']:.2f}% | {100 * r['train_sps'] / train_limit:.0f}% | "
+            f"{100 * r['eval_sps'] / eval_limit:.0f}% |"
         )
     if "agnews" in results:
         mine = results["agnews"]
@@ -378,6 +391,12 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     print(f"saved to {RESULTS.relative_to(ROOT)}")
+    if args.profile:  # where agnews's step spends its time, under the same precision and batch size
+        command = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--profile", "agnews"]
+        pooling = json.loads(args.agnews_model).get("pooling", "cls")  # the class default, as the CLI run's
+        command += ["--backbone", backbone_path(args.backbone), "--data", args.data, "--pooling", pooling]
+        command += ["--batch-size", str(args.batch_size)]
+        subprocess.run(command + (["--fp32"] if args.fp32 else []), check=True)
 
 
 if __name__ == "__main__":
