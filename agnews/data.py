@@ -28,6 +28,7 @@ from agnews.batching import (
 )
 from agnews.errors import AGNewsError
 from agnews.internals import dataset_fingerprint
+from agnews.precision import eval_batch_size
 from agnews.sources import hub_status
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
 from agnews.token_cache import DamagedCache, TokenCache, read_cache
@@ -455,11 +456,9 @@ class AGNewsDataModule(L.LightningDataModule):
         if self.hparams.eval_batch_size is not None:
             return self.hparams.eval_batch_size
         trainer = self.trainer
-        if trainer is not None and not isinstance(trainer.accelerator, CPUAccelerator):
-            return 128
-        # On a CPU, fp32 evaluation runs fastest in small batches (their activations stay in cache; 128 rows
-        # lose 25-35%), bf16 in large ones (docs/performance.md).
-        return 128 if trainer is not None and "bf16" in str(trainer.precision) else 32
+        if trainer is None:
+            return eval_batch_size("32")
+        return eval_batch_size(trainer.precision, cpu=isinstance(trainer.accelerator, CPUAccelerator))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size(), train=False)

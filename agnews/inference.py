@@ -24,7 +24,7 @@ from agnews.backbone import CHECKPOINT_FILES_KEY, use_attention
 from agnews.batching import PadCollator, SortedBatchSampler, TokenizedDataset, in_original_order
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
 from agnews.errors import AGNewsError
-from agnews.precision import choose
+from agnews.precision import choose, eval_batch_size
 from agnews.texts import encode
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -81,12 +81,14 @@ class Classifier:
         tokenizer,
         class_names: Sequence[str],
         max_length: int = 128,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         precision: str = "auto",
     ):
         """
         Args:
             model: an `AGNewsClassifier`, or a Hugging Face sequence-classification model.
+            batch_size: rows per forward pass; None: the fastest measured for the precision (fp32 and int8 32,
+                bf16 128).
             precision: `auto` (bf16 where the CPU runs it natively, else fp32), `32` (fp32), `bf16` (autocast)
                 or `int8` (dynamic quantization of the linear layers). See docs/performance.md (Inference).
         """
@@ -99,7 +101,7 @@ class Classifier:
         self.tokenizer = tokenizer
         self.class_names = list(class_names)
         self.max_length = max_length
-        self.batch_size = batch_size
+        self.batch_size = batch_size or eval_batch_size(self.precision)
         self.checkpoint: Path | None = None  # the file it was loaded from
 
     @classmethod

@@ -35,20 +35,23 @@ def main() -> None:
     )
     parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--rows", type=int, default=None, help="first N test rows only (quick check)")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help="rows per batch (default: the Classifier's own, by precision)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
     raw, names = load_raw(args.data)
     test = raw["test"] if args.rows is None else raw["test"].select(range(args.rows))
     texts, labels = list(test["text"]), torch.tensor(list(test["label"]))
-    print(f"{len(texts):,} test rows, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(f"{len(texts):,} test rows, {torch.get_num_threads()} threads")
 
     precisions = ["32", "bf16", "int8"] if cpu_bf16()[0] else ["32", "int8"]
     classifiers = {
         p: Classifier.from_checkpoint(args.ckpt_path, precision=p, batch_size=args.batch_size) for p in precisions
     }
     print(f"checkpoint: {classifiers['32'].checkpoint}, max_length {classifiers['32'].max_length}")
+    print("rows per batch: " + ", ".join(f"{c.batch_size} ({p})" for p, c in classifiers.items()))
 
     from transformers import pipeline
 
@@ -57,7 +60,7 @@ def main() -> None:
     label_id = {n: i for i, n in enumerate(names)}
 
     def run_pipeline(batch):
-        out = pipe(batch, batch_size=args.batch_size, truncation=True)
+        out = pipe(batch, batch_size=classifiers["32"].batch_size, truncation=True)
         return torch.tensor([label_id[o["label"]] for o in out])
 
     runners = {f"agnews {p}": (lambda batch, c=c: c.predict_proba(batch).argmax(-1)) for p, c in classifiers.items()}

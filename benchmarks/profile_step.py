@@ -24,6 +24,8 @@ VARIANTS = {
     "agnews": dict(product=True),
     "agnews+loop-adamw": dict(product=True, fused=False),
     "agnews+foreach-adamw": dict(product=True, fused=False, foreach=True),
+    "agnews+compile": dict(product=True, compile="model"),  # torch.compile, one dynamic-shape graph
+    "agnews+compile-blocks": dict(product=True, compile="blocks"),  # each transformer layer compiled, the rest eager
     # from the plain encoder (dropout, trained embeddings, SDPA, torch's default AdamW), one option at a time
     "fp32": dict(precision=None),
     "fp32+frozen-emb": dict(precision=None, freeze_embeddings=True),
@@ -73,10 +75,13 @@ VARIANTS = {
 
 # Evaluation (forward only, length-sorted batches of test rows): precision, attention kernel, batch size.
 EVAL_VARIANTS = {
-    f"{precision}+{attention}+batch{batch}": dict(precision=precision, attention=attention, batch=batch)
+    f"{precision}+{attention}+batch{batch}{compiled}": dict(
+        precision=precision, attention=attention, batch=batch, compile=bool(compiled)
+    )
     for precision in ("fp32", "bf16", "bf16-weights")
     for attention in ("sdpa", "eager")
-    for batch in (32, 64, 128, 256)
+    for batch in (8, 16, 32, 64, 128, 256)
+    for compiled in ("", "+compile")
 }
 
 
@@ -96,15 +101,23 @@ def run_eval(variant: str, data, args) -> float:
     model.set_attn_implementation(options["attention"])
     if options["precision"] == "bf16-weights":
         model.to(torch.bfloat16)
+    if options["compile"]:  # inductor with frozen weights (constant-folded, prepacked for oneDNN), one dynamic graph
+        from torch._inductor import config as inductor_config
+
+        inductor_config.freezing = True
+        model = torch.compile(model, dynamic=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=options["precision"] == "bf16")
     with torch.inference_mode(), autocast:
-        model(input_ids=data[-1]["input_ids"], attention_mask=data[-1]["attention_mask"])  # warm-up: a short batch
+        start = time.perf_counter()
+        for warm in (data[-1], data[0]):  # warm-up (and compile): the longest and the shortest batch
+            model(input_ids=warm["input_ids"], attention_mask=warm["attention_mask"])
+        warmup = time.perf_counter() - start
         start = time.perf_counter()
         for batch in data:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         seconds = time.perf_counter() - start
     rows = sum(len(b["labels"]) for b in data)
-    print(f"{variant:40s} {rows / seconds:7.1f} samples/s", flush=True)
+    print(f"{variant:40s} {rows / seconds:7.1f} samples/s   (warm-up {warmup:.1f} s)", flush=True)
     return rows / seconds
 
 
@@ -153,6 +166,11 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
     dtype = torch.bfloat16 if cpu_bf16()[0] and not args.fp32 else None
     module.model.set_attn_implementation("eager" if dtype else "sdpa")  # what `attention auto` trains with
     optimizer = module.optimizer()
+    if options.get("compile") == "model":
+        module.model.compile(dynamic=True)
+    elif options.get("compile") == "blocks":
+        for block in module.model.base_model.encoder.layer:
+            block.compile(dynamic=True)
     if "fused" in options:  # the same groups, torch's own CPU default or foreach instead of the fused kernel
         hp = module.hparams
         groups = parameter_groups(module.model, hp.weight_decay, hp.learning_rate, hp.layer_decay)
@@ -218,7 +236,7 @@ def main() -> None:
                 best[variant] = max(
                     best.get(variant, 0.0),
                     run_eval(
-                        variant, data[EVAL_VARIANTS[variant]["batch"], EVAL_VARIANTS[variant].get("tokens") or 0], args
+                        variant, data[EVAL_VARIANTS[variant]["batch"]], args
                     ),
                 )
         print("\nbest of", args.rounds, "rounds:")

@@ -229,4 +229,19 @@ def test_api_precision_is_auto_by_default(native, trained, monkeypatch):
     monkeypatch.setattr(
         "agnews.precision.cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16")
     )
-    assert Classifier.from_checkpoint(trained.checkpoint).precision == ("bf16" if native else "32")
+    classifier = Classifier.from_checkpoint(trained.checkpoint)
+    assert classifier.precision == ("bf16" if native else "32")
+    # and its batches are the size measured fastest for that precision (fp32 32 rows, bf16 128)
+    assert classifier.batch_size == (128 if native else 32)
+
+
+@pytest.mark.parametrize("precision,expected", [("32", 32), ("int8", 32), ("bf16", 128)])
+def test_api_batch_size_follows_precision_unless_given(precision, expected, trained):
+    assert Classifier.from_checkpoint(trained.checkpoint, precision=precision).batch_size == expected
+    assert Classifier.from_checkpoint(trained.checkpoint, precision=precision, batch_size=3).batch_size == 3
+
+
+def test_api_small_batches_give_the_same_predictions_in_input_order(classifier, trained):
+    texts = make_rows(70, seed=5)[0] + TEXTS  # more rows than one default batch
+    small = Classifier.from_checkpoint(trained.checkpoint, precision="32", batch_size=4)
+    torch.testing.assert_close(small.predict_proba(texts), classifier.predict_proba(texts), atol=1e-5, rtol=1e-4)
