@@ -111,7 +111,7 @@ def _tiny_encoder(tmp_path_factory, name: str, extra_words: list[str], build) ->
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT."""
+    """A 4-layer BERT (the default run trains the top two: model.freeze_layers 2)."""
     return _tiny_encoder(
         tmp_path_factory,
         "tiny-bert",
@@ -120,7 +120,7 @@ def tiny_bert(tmp_path_factory) -> Path:
             BertConfig(
                 vocab_size=size,
                 hidden_size=32,
-                num_hidden_layers=2,
+                num_hidden_layers=4,
                 num_attention_heads=2,
                 intermediate_size=64,
                 max_position_embeddings=64,
@@ -131,20 +131,20 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory) -> Path:
-    """A 2-layer DistilBERT with a vocabulary one word larger than tiny_bert's."""
+    """A 4-layer DistilBERT with a vocabulary one word larger than tiny_bert's."""
     return _tiny_encoder(
         tmp_path_factory,
         "tiny-distilbert",
         ["headline"],
         lambda size: DistilBertModel(
-            DistilBertConfig(vocab_size=size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
+            DistilBertConfig(vocab_size=size, dim=32, n_layers=4, n_heads=2, hidden_dim=64, max_position_embeddings=64)
         ),
     )
 
 
 @pytest.fixture(scope="session")
 def tiny_mpnet(tmp_path_factory) -> Path:
-    """A 2-layer MPNet (the recipe's architecture: a RoBERTa-style head that reads position 0)."""
+    """A 4-layer MPNet (the recipe's architecture: a RoBERTa-style head that reads position 0)."""
     return _tiny_encoder(
         tmp_path_factory,
         "tiny-mpnet",
@@ -153,7 +153,7 @@ def tiny_mpnet(tmp_path_factory) -> Path:
             MPNetConfig(
                 vocab_size=size,
                 hidden_size=32,
-                num_hidden_layers=2,
+                num_hidden_layers=4,
                 num_attention_heads=2,
                 intermediate_size=64,
                 max_position_embeddings=66,

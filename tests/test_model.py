@@ -11,7 +11,7 @@ from agnews.model import AGNewsClassifier, weight_decay_groups
 
 
 def test_weight_decay_excludes_biases_and_every_norm_by_kind(tiny_distilbert):
-    model = AGNewsClassifier(backbone=str(tiny_distilbert), freeze_embeddings=False)
+    model = AGNewsClassifier(backbone=str(tiny_distilbert), freeze_embeddings=False, freeze_layers=0)
     decay, no_decay = weight_decay_groups(model.model, 0.01)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.model.named_parameters()}
@@ -32,7 +32,7 @@ def test_bert_layernorm_excluded(tiny_bert):
     model = AGNewsClassifier(backbone=str(tiny_bert))
     _, no_decay = weight_decay_groups(model.model, 0.01)
     names = {id(p): n for n, p in model.model.named_parameters()}
-    assert "bert.encoder.layer.1.output.LayerNorm.weight" in {names[id(p)] for p in no_decay["params"]}
+    assert "bert.encoder.layer.3.output.LayerNorm.weight" in {names[id(p)] for p in no_decay["params"]}
 
 
 def test_model_trains_with_dropout_on(tiny_bert):
@@ -204,16 +204,21 @@ def test_training_attention_and_evaluation_attention(attention, precision, train
 def test_layer_decay_scales_learning_rates_from_the_head_down(tiny_bert):
     from agnews.model import parameter_groups
 
-    model = AGNewsClassifier(backbone=str(tiny_bert), freeze_embeddings=False)
+    model = AGNewsClassifier(backbone=str(tiny_bert), freeze_embeddings=False, freeze_layers=0)
     groups = parameter_groups(model.model, 0.01, 1e-3, layer_decay=0.5)
     names = {id(p): n for n, p in model.model.named_parameters()}
     lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
     assert set(lr_of) == set(names.values())  # every parameter once
-    # 2 layers: head 1e-3, layer 1 5e-4, layer 0 2.5e-4, embeddings 1.25e-4
+    # 4 layers: head 1e-3, layer 3 5e-4, layer 2 2.5e-4, ... layer 0 6.25e-5, embeddings 3.125e-5
     assert lr_of["classifier.weight"] == pytest.approx(1e-3)
-    assert lr_of["bert.encoder.layer.1.output.dense.weight"] == pytest.approx(5e-4)
-    assert lr_of["bert.encoder.layer.0.output.LayerNorm.weight"] == pytest.approx(2.5e-4)
-    assert lr_of["bert.embeddings.word_embeddings.weight"] == pytest.approx(1.25e-4)
+    assert lr_of["bert.encoder.layer.3.output.dense.weight"] == pytest.approx(5e-4)
+    assert lr_of["bert.encoder.layer.2.output.LayerNorm.weight"] == pytest.approx(2.5e-4)
+    assert lr_of["bert.encoder.layer.0.output.dense.weight"] == pytest.approx(6.25e-5)
+    assert lr_of["bert.embeddings.word_embeddings.weight"] == pytest.approx(3.125e-5)
+    # the default run's frozen layers (model.freeze_layers 2) are in no group: only layers 2-3 and the head train
+    default = AGNewsClassifier(backbone=str(tiny_bert))
+    trained = {n for n, p in default.model.named_parameters() if p.requires_grad}
+    assert trained and all(any(part in n for part in (".layer.2.", ".layer.3.", "pooler", "classifier")) for n in trained)
     assert {g["weight_decay"] for g in groups if any(names[id(p)].endswith("bias") for p in g["params"])} == {0.0}
     assert len(parameter_groups(model.model, 0.01, 1e-3)) == 2  # off: the two weight-decay groups
 
@@ -233,7 +238,7 @@ def test_mean_pooling_and_label_smoothing(tiny_bert):
         expected = mean_model.model.classifier(hidden[0, :4].mean(0))
         torch.testing.assert_close(pooled[0], expected)  # padding is left out of the mean
         assert not torch.allclose(pooled, cls_model(ids, mask))
-    labels = torch.tensor([0, 1])
+    labels = pooled.argmax(-1)  # the predicted classes: smoothing moves probability away from them
     plain = torch.nn.functional.cross_entropy(pooled, labels)
     assert mean_model.loss_fn(pooled, labels) > plain  # smoothing puts mass on the wrong classes too
     with pytest.raises(AGNewsError, match="pooling='max'"):
@@ -256,7 +261,7 @@ def test_mean_pooling_through_an_mpnet_head(tiny_mpnet):
     model.train()
     loss = model.loss_fn(model(ids, mask), torch.tensor([0, 1]))
     loss.backward()
-    assert model.model.mpnet.encoder.layer[0].attention.attn.q.weight.grad is not None
+    assert model.model.mpnet.encoder.layer[-1].attention.attn.q.weight.grad is not None
 
 
 def test_mean_pooling_through_distilberts_own_head(tiny_distilbert):
@@ -344,3 +349,27 @@ def test_the_fused_adamw_trains_as_torchs_reference_adamw(tiny_bert, data_dir, t
     assert not torch.equal(
         model.model.classifier.weight, AGNewsClassifier(backbone=str(tiny_bert)).model.classifier.weight
     )
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_distilbert", "tiny_mpnet"])
+def test_freeze_layers_trains_only_the_layers_above(backbone, request):
+    folder = request.getfixturevalue(backbone)
+    model = AGNewsClassifier(backbone=str(folder), freeze_layers=1, learning_rate=1e-2, warmup_ratio=0.0)
+    before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+    optimizer = model.optimizer()
+    ids = torch.randint(5, 60, (4, 12))
+    loss = torch.nn.functional.cross_entropy(model(ids, torch.ones_like(ids)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {n for n in before if "embeddings" in n or ".layer.0." in n}
+    assert frozen and not frozen & changed  # embeddings and the lowest layer as pretrained
+    assert any(".layer.1." in n for n in changed) and any(n.startswith("classifier") for n in changed)
+    assert all(not p.requires_grad for n, p in model.model.named_parameters() if n in frozen)
+
+
+def test_freeze_layers_refuses_leaving_nothing_to_train(tiny_bert):
+    with pytest.raises(AGNewsError, match="freeze_layers=4 leaves none of the encoder's 4 layers to train"):
+        AGNewsClassifier(backbone=str(tiny_bert), freeze_layers=4)
+    with pytest.raises(AGNewsError, match="freeze_layers=-1 must be 0"):
+        AGNewsClassifier(backbone=str(tiny_bert), freeze_layers=-1)
