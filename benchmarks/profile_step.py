@@ -239,9 +239,7 @@ def main() -> None:
             for variant in variants:
                 best[variant] = max(
                     best.get(variant, 0.0),
-                    run_eval(
-                        variant, data[EVAL_VARIANTS[variant]["batch"]], args
-                    ),
+                    run_eval(variant, data[EVAL_VARIANTS[variant]["batch"]], args),
                 )
         print("\nbest of", args.rounds, "rounds:")
         for variant, value in best.items():

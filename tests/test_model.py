@@ -218,7 +218,9 @@ def test_layer_decay_scales_learning_rates_from_the_head_down(tiny_bert):
     # the default run's frozen layers (model.freeze_layers 2) are in no group: only layers 2-3 and the head train
     default = AGNewsClassifier(backbone=str(tiny_bert))
     trained = {n for n, p in default.model.named_parameters() if p.requires_grad}
-    assert trained and all(any(part in n for part in (".layer.2.", ".layer.3.", "pooler", "classifier")) for n in trained)
+    assert trained and all(
+        any(part in n for part in (".layer.2.", ".layer.3.", "pooler", "classifier")) for n in trained
+    )
     assert {g["weight_decay"] for g in groups if any(names[id(p)].endswith("bias") for p in g["params"])} == {0.0}
     assert len(parameter_groups(model.model, 0.01, 1e-3)) == 2  # off: the two weight-decay groups
 
