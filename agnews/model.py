@@ -44,9 +44,21 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+_NUMBERED_LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def require_numbered_layers(model: nn.Module, option: str, off: str) -> None:
+    """Options that act per encoder layer find the layers by name: refuse an encoder that names them otherwise."""
+    if not any(_NUMBERED_LAYER.search(n) for n, _ in model.named_parameters()):
+        raise AGNewsError(
+            f"{option} needs an encoder whose layers are named '.layer.N.' (BERT, DistilBERT, MPNet, RoBERTa); "
+            f"{type(model).__name__} names them otherwise: {off}"
+        )
+
+
 def layer_depth(name: str, num_layers: int) -> int:
     """Depth of a parameter in the encoder: 0 embeddings, i + 1 for layer i, num_layers + 1 pooler and head."""
-    match = re.search(r"\.layer\.(\d+)\.", name)
+    match = _NUMBERED_LAYER.search(name)
     if match:
         return int(match.group(1)) + 1
     return 0 if "embeddings" in name else num_layers + 1
@@ -60,12 +72,7 @@ def freeze_lowest_layers(model: nn.Module, count: int) -> None:
             f"freeze_layers={count} leaves none of the encoder's {num_layers} layers to train; "
             f"set --model.freeze_layers to at most {num_layers - 1} (0: train every layer)"
         )
-    names = [n for n, _ in model.named_parameters()]
-    if not any(re.search(r"\.layer\.(\d+)\.", n) for n in names):
-        raise AGNewsError(
-            f"freeze_layers needs an encoder whose layers are named '.layer.N.' (BERT, DistilBERT, MPNet, "
-            f"RoBERTa); {type(model).__name__} names them otherwise: set --model.freeze_layers 0"
-        )
+    require_numbered_layers(model, "freeze_layers", "set --model.freeze_layers 0")
     for name, param in model.named_parameters():
         if layer_depth(name, num_layers) <= count:
             param.requires_grad_(False)
@@ -80,12 +87,8 @@ def parameter_groups(
     if layer_decay == 1.0:
         return groups
     num_layers = model.config.num_hidden_layers
+    require_numbered_layers(model, f"layer_decay={layer_decay}", "use layer_decay 1.0")
     names = {id(p): n for n, p in model.named_parameters()}
-    if not any(re.search(r"\.layer\.(\d+)\.", n) for n in names.values()):
-        raise AGNewsError(
-            f"layer_decay={layer_decay} needs an encoder whose layers are named '.layer.N.' (BERT, "
-            f"DistilBERT, MPNet, RoBERTa); {type(model).__name__} names them otherwise: use layer_decay 1.0"
-        )
     split = []
     for group in groups:
         by_depth: dict[int, list] = {}
