@@ -24,7 +24,7 @@ VARIANTS = {
     "agnews": dict(product=True),
     "agnews+loop-adamw": dict(product=True, fused=False),
     "agnews+foreach-adamw": dict(product=True, fused=False, foreach=True),
-    "agnews+freeze2": dict(product=True, freeze_layers=2),  # the lowest 2 of the encoder's layers not trained
+    "agnews+train-all-layers": dict(product=True, freeze_layers=0),  # the default keeps the lowest 2 frozen
     "agnews+freeze3": dict(product=True, freeze_layers=3),
     "agnews+compile": dict(product=True, compile="model"),  # torch.compile, one dynamic-shape graph
     "agnews+compile-blocks": dict(product=True, compile="blocks"),  # each transformer layer compiled, the rest eager
@@ -164,9 +164,8 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
     """The module and optimizer `fit` builds, under the precision `--trainer.precision auto` picks on this CPU."""
     from agnews.precision import cpu_bf16
 
-    module = AGNewsClassifier(
-        backbone=args.backbone, pooling=args.pooling, freeze_layers=options.get("freeze_layers", 0)
-    )
+    frozen = {"freeze_layers": options["freeze_layers"]} if "freeze_layers" in options else {}
+    module = AGNewsClassifier(backbone=args.backbone, pooling=args.pooling, **frozen)
     dtype = torch.bfloat16 if cpu_bf16()[0] and not args.fp32 else None
     module.model.set_attn_implementation("eager" if dtype else "sdpa")  # what `attention auto` trains with
     optimizer = module.optimizer()
