@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 CONTENDERS = {
     "hf-default": "HF Trainer, defaults (fp32, batch 16, eval batch 8)",
-    "hf-tuned": "HF Trainer, tuned ({precision}, group_by_length, batch 32, eval batch 128)",
+    # group_by_length groups the Trainer's evaluation batches by length too (its _get_eval_sampler)
+    "hf-tuned": "HF Trainer, tuned ({precision}, group_by_length in training and evaluation, batch 32, eval batch 128)",
     "agnews": "agnews CLI (its defaults: {precision}, batch 32, eval batch {agnews_eval_batch})",
 }
 DISTILBERT_SHAPED = "distilbert-shaped"

@@ -1,3 +1,4 @@
+import math
 import shutil
 
 import lightning as L
@@ -40,7 +41,7 @@ def test_model_trains_with_dropout_on(tiny_bert):
     assert model.model.training  # from_pretrained alone would leave dropout off
 
 
-def fit_tiny(backbone, data_dir, root, **trainer_kwargs):
+def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, **trainer_kwargs):
     dm = AGNewsDataModule(
         dataset=str(data_dir),
         tokenizer=str(backbone),
@@ -49,7 +50,7 @@ def fit_tiny(backbone, data_dir, root, **trainer_kwargs):
         batch_size=16,
         cache_dir=str(root / "cache"),
     )
-    model = AGNewsClassifier(backbone=str(backbone), learning_rate=1e-3, warmup_ratio=0.25)
+    model = AGNewsClassifier(backbone=str(backbone), learning_rate=learning_rate, warmup_ratio=0.25)
     trainer = L.Trainer(
         accelerator="cpu",
         default_root_dir=root,
@@ -375,3 +376,41 @@ def test_freeze_layers_refuses_leaving_nothing_to_train(tiny_bert):
         AGNewsClassifier(backbone=str(tiny_bert), freeze_layers=4)
     with pytest.raises(AGNewsError, match="freeze_layers=-1 must be 0"):
         AGNewsClassifier(backbone=str(tiny_bert), freeze_layers=-1)
+
+
+class StepLosses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_bf16_mixed_trains_as_the_fp32_reference(tiny_bert, data_dir, tmp_path):
+    """`precision auto` picks bf16-mixed on a CPU with native bf16: with every fast-path default (fused AdamW,
+    frozen embeddings and lower layers, no dropout, eager attention under bf16) its training follows the fp32
+    run of the same seed step for step within bf16's rounding, until the high learning rate makes the two
+    trajectories part; both end as well trained."""
+    runs = {}
+    for precision in ("32-true", "bf16-mixed"):
+        L.seed_everything(0)
+        losses = StepLosses()
+        trainer, model, _ = fit_tiny(
+            tiny_bert,
+            data_dir,
+            tmp_path / precision,
+            learning_rate=1e-2,
+            max_epochs=8,
+            precision=precision,
+            callbacks=[losses],
+            logger=False,
+            enable_checkpointing=False,
+        )
+        assert trainer.precision == precision and trainer.global_step == 64
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 weights and optimizer state
+        metrics = trainer.callback_metrics
+        runs[precision] = (losses.losses, float(metrics["train_loss_epoch"]), float(metrics["val_loss"]))
+    (fp32, fp32_train, fp32_val), (bf16, bf16_train, bf16_val) = runs["32-true"], runs["bf16-mixed"]
+    assert bf16[:20] == pytest.approx(fp32[:20], abs=2e-3)
+    assert max(fp32_val, bf16_val) < math.log(4) - 0.15  # both learned: not two flat lines at chance
+    assert bf16_train == pytest.approx(fp32_train, abs=0.15) and bf16_val == pytest.approx(fp32_val, abs=0.15)
