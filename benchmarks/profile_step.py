@@ -3,6 +3,8 @@
     python benchmarks/profile_step.py --steps 30                 # samples/s of each variant
     python benchmarks/profile_step.py --profile bf16             # torch.profiler table of one variant
     python benchmarks/profile_step.py --eval --rounds 2          # evaluation: precision x attention x batch
+    python benchmarks/profile_step.py --losses --variants agnews agnews+bf16-true agnews+bf16-master
+                                                                 # ... and how each variant trains
 
 Batches come from agnews's own DataModule (length-grouped, real AG News rows, MiniLM tokenizer), and each
 step is what Lightning runs: autocast forward, backward, optimizer step, scheduler step.
@@ -28,6 +30,11 @@ VARIANTS = {
     "agnews+freeze3": dict(product=True, freeze_layers=3),
     "agnews+compile": dict(product=True, compile="model"),  # torch.compile, one dynamic-shape graph
     "agnews+compile-blocks": dict(product=True, compile="blocks"),  # each transformer layer compiled, the rest eager
+    # bf16 weights instead of autocast re-casting the fp32 weights on every forward (native-bf16 CPUs; elsewhere
+    # these time bf16 emulation): Lightning's bf16-true (bf16 weights and AdamW state), or bf16 weights with an
+    # fp32 master copy of the trained ones in the fused AdamW, cast back to bf16 once per step
+    "agnews+bf16-true": dict(product=True, weights="bf16-true"),
+    "agnews+bf16-master": dict(product=True, weights="bf16-master"),
     # from the plain encoder (dropout, trained embeddings, SDPA, torch's default AdamW), one option at a time
     "fp32": dict(precision=None),
     "fp32+frozen-emb": dict(precision=None, freeze_embeddings=True),
@@ -178,7 +185,35 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
         hp = module.hparams
         groups = parameter_groups(module.model, hp.weight_decay, hp.learning_rate, hp.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, foreach=options.get("foreach"))
+    if options.get("weights") == "bf16-master":
+        optimizer = MasterWeightsAdamW(optimizer)  # fp32 masters copied now, before the model turns bf16
+    if options.get("weights"):
+        module.model.to(torch.bfloat16)  # in place: the optimizer's parameters are the model's, now bf16
+        dtype = None  # no autocast: the weights are bf16 already
     return timed_steps(variant, module.model, optimizer, dtype, data, args, profile)
+
+
+class MasterWeightsAdamW:
+    """The product's fused AdamW on fp32 copies of the trained parameters; the model keeps bf16 weights, so a
+    forward casts nothing, and the one cast per step is the updated masters back into the bf16 weights."""
+
+    def __init__(self, optimizer: torch.optim.AdamW):
+        self.pairs = [(p, p.detach().clone()) for group in optimizer.param_groups for p in group["params"]]
+        masters = iter(master for _, master in self.pairs)
+        groups = [{**group, "params": [next(masters) for _ in group["params"]]} for group in optimizer.param_groups]
+        self.inner = torch.optim.AdamW(groups, lr=optimizer.defaults["lr"], fused=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for weight, master in self.pairs:
+            master.grad = None if weight.grad is None else weight.grad.float()
+        self.inner.step()
+        for weight, master in self.pairs:
+            weight.copy_(master)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for weight, master in self.pairs:
+            weight.grad = master.grad = None
 
 
 def timed_steps(variant: str, model, optimizer, dtype, data, args, profile: bool) -> float:
@@ -189,6 +224,7 @@ def timed_steps(variant: str, model, optimizer, dtype, data, args, profile: bool
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     start = time.perf_counter()
     for batch in data[: args.warmup]:
@@ -201,11 +237,12 @@ def timed_steps(variant: str, model, optimizer, dtype, data, args, profile: bool
                 step(batch)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     start = time.perf_counter()
-    for batch in timed:
-        step(batch)
+    losses = [step(batch) for batch in timed]
     seconds = time.perf_counter() - start
     rows = sum(len(b["labels"]) for b in timed)
     print(f"{variant:40s} {rows / seconds:7.1f} samples/s   (warm-up {warm:.1f} s)", flush=True)
+    if args.losses:  # the same batches from the same start for every variant: their training, side by side
+        print(f"{'':40s} losses: {' '.join(f'{float(loss):.3f}' for loss in losses)}", flush=True)
     return rows / seconds
 
 
@@ -221,6 +258,7 @@ def main() -> None:
     parser.add_argument("--profile", nargs="?", const="agnews", choices=list(VARIANTS), help="(default: agnews)")
     parser.add_argument("--fp32", action="store_true", help="the agnews variants in fp32 (`precision 32-true`)")
     parser.add_argument("--rounds", type=int, default=1, help="run the variants this many times, interleaved")
+    parser.add_argument("--losses", action="store_true", help="also print each timed step's training loss")
     parser.add_argument(
         "--eval",
         nargs="*",
