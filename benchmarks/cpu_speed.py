@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_speed.py                  # full train pool, 1 epoch, official test split
     python benchmarks/cpu_speed.py --subset 800     # quick check on 800 training rows and 800 test rows
+    python benchmarks/cpu_speed.py --only hf-tuned agnews --rounds 2   # in turn, twice: medians and per-round ratios
     python benchmarks/cpu_speed.py --backbone distilbert-shaped --subset 1000   # DistilBERT's speed (not accuracy)
 
 Each contender runs in the precision a tuned user would pick on this CPU: bf16 where the CPU has native bf16
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -269,6 +271,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
     parser.add_argument(
+        "--rounds", type=int, default=1, help="run the contenders in turn this many times; report medians"
+    )
+    parser.add_argument(
         "--agnews-model",
         default="{}",
         help='more AGNewsClassifier settings as JSON, e.g. \'{"pooling": "mean"}\' (default: the CLI\'s own)',
@@ -309,15 +314,26 @@ def main() -> None:
     )
     precision = "bf16" if native and not args.fp32 else "fp32"
     backbone_path(args.backbone)  # built once, outside the timed children
-    results = {}
-    for name in args.only:
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--out", out.name]
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if child.returncode:
-                sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
-            results[name] = json.loads(Path(out.name).read_text())
+    # contenders in turn, round after round (A B A B ...): a ratio taken within a round holds when the machine drifts
+    runs = {name: [] for name in args.only}
+    for round_ in range(args.rounds):
+        for name in args.only:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                command = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--out", out.name]
+                print(f"running {name} (round {round_ + 1} of {args.rounds}) ...", file=sys.stderr, flush=True)
+                child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if child.returncode:
+                    sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
+                r = json.loads(Path(out.name).read_text())
+            r["train_sps"] = r["train_rows"] * args.epochs / r["train_seconds"]
+            r["eval_sps"] = r["test_rows"] / r["eval_seconds"]
+            runs[name].append(r)
+    median_keys = ("train_sps", "eval_sps", "peak_mib", "test_acc", "validation_seconds")
+    results = {
+        name: {**rounds[0], **{k: statistics.median(r[k] for r in rounds) for k in median_keys if k in rounds[0]}}
+        | ({"rounds": rounds} if args.rounds > 1 else {})
+        for name, rounds in runs.items()
+    }
 
     bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
     train_flop, eval_flop = flops_per_token(args.backbone)
@@ -341,8 +357,6 @@ def main() -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, r in results.items():
-        r["train_sps"] = r["train_rows"] * args.epochs / r["train_seconds"]
-        r["eval_sps"] = r["test_rows"] / r["eval_seconds"]
         agnews_eval_batch = args.agnews_eval_batch_size or (128 if precision == "bf16" else 32)
         r["label"] = CONTENDERS[name].format(precision=precision, agnews_eval_batch=agnews_eval_batch)
         print(
@@ -356,13 +370,21 @@ def main() -> None:
             f"agnews ran as the CLI runs (fit with its logger, checkpoints, progress bar and callbacks, then test); "
             f"its validation passes ({mine['validation_seconds']:.1f} s) are left out of its training time"
         )
+        if args.rounds > 1:
+            print(f"figures: medians of {args.rounds} rounds; ratios: the median of each round's own ratio")
         for peer in (n for n in results if n != "agnews"):
-            other = results[peer]
+            ratio = {
+                key: statistics.median(m[key] / o[key] for m, o in zip(runs["agnews"], runs[peer], strict=True))
+                for key in ("train_sps", "eval_sps", "peak_mib")
+            }
+            each = ""
+            if args.rounds > 1:
+                rounds = zip(runs["agnews"], runs[peer], strict=True)
+                each = " (eval by round: " + ", ".join(f"{m['eval_sps'] / o['eval_sps']:.2f}x" for m, o in rounds) + ")"
             print(
-                f"agnews / {peer}: train {mine['train_sps'] / other['train_sps']:.2f}x, "
-                f"eval {mine['eval_sps'] / other['eval_sps']:.2f}x, "
-                f"memory {mine['peak_mib'] / other['peak_mib']:.2f}x, "
-                f"accuracy {100 * (mine['test_acc'] - other['test_acc']):+.2f} points"
+                f"agnews / {peer}: train {ratio['train_sps']:.2f}x, eval {ratio['eval_sps']:.2f}x{each}, "
+                f"memory {ratio['peak_mib']:.2f}x, "
+                f"accuracy {100 * (results['agnews']['test_acc'] - results[peer]['test_acc']):+.2f} points"
             )
     if args.backbone == DISTILBERT_SHAPED:
         # the README's default hub run: 6,000 training rows, 1,000 validation rows per epoch, then 7,600 test rows
