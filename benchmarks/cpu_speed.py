@@ -384,7 +384,7 @@ def main() -> None:
             print(
                 f"agnews / {peer}: train {ratio['train_sps']:.2f}x, eval {ratio['eval_sps']:.2f}x{each}, "
                 f"memory {ratio['peak_mib']:.2f}x, "
-                f"accuracy {100 * (results['agnews']['test_acc'] - results[peer]['test_acc']):+.2f} points"
+                f"accuracy {100 * (mine['test_acc'] - results[peer]['test_acc']):+.2f} points"
             )
     if args.backbone == DISTILBERT_SHAPED:
         # the README's default hub run: 6,000 training rows, 1,000 validation rows per epoch, then 7,600 test rows
