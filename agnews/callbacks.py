@@ -110,7 +110,14 @@ class FitSummary(Callback):
         lines.append(f"seed: {run_seed()} (also in the run's config.yaml)")
         if self.epoch_seconds:
             mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
-            lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s)")
+            each = f" ({', '.join(f'{s:.1f}' for s in self.epoch_seconds)})" if len(self.epoch_seconds) > 1 else ""
+            lines.append(f"time per epoch: {mean:.1f} s over {len(self.epoch_seconds)} epoch(s){each}")
+        frozen = getattr(pl_module, "frozen_outputs", None)
+        if frozen is not None and frozen.reused:
+            lines.append(
+                f"the frozen layers' outputs of the first epoch were reused in {frozen.reused} batches "
+                "(--model.frozen_outputs_gb 0: computed again every epoch)"
+            )
         if isinstance(trainer.logger, TensorBoardLogger):
             if best is not None:  # the kept epoch's figures beside the settings, so runs compare in the HPARAMS tab
                 trainer.logger.log_hyperparams(

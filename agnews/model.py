@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from agnews import backbone as backbones
 from agnews.budget import LinearSchedule
 from agnews.errors import AGNewsError
+from agnews.frozen_outputs import FrozenOutputs
 
 # Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
 _TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)  # BatchNorm*, InstanceNorm*: by name, below
@@ -118,6 +119,7 @@ class AGNewsClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         layer_decay: float = 1.0,
         chosen_by: str | None = None,
+        frozen_outputs_gb: float = 2.0,
     ):
         """
         Args:
@@ -144,6 +146,9 @@ class AGNewsClassifier(L.LightningModule):
                 the one above (1: off, one learning rate for all).
             chosen_by: set by the CLI when it chose the encoder and data (hub or offline default), saying which
                 and why; kept in the checkpoint for the test report and TensorBoard's HPARAMS.
+            frozen_outputs_gb: memory (GiB) for keeping the frozen layers' outputs of every training and
+                validation row from the first epoch, so later epochs run only the trained layers (with frozen
+                layers, dropout 0 and more than one epoch; agnews.frozen_outputs). 0: compute them every epoch.
         """
         super().__init__()
         if not 0 <= warmup_ratio < 1:
@@ -158,6 +163,8 @@ class AGNewsClassifier(L.LightningModule):
             raise AGNewsError(f"label_smoothing={label_smoothing} must be in [0, 1)")
         if freeze_layers < 0:
             raise AGNewsError(f"freeze_layers={freeze_layers} must be 0 (none) or more")
+        if frozen_outputs_gb < 0:
+            raise AGNewsError(f"frozen_outputs_gb={frozen_outputs_gb} must be 0 (off) or more")
         if not 0 < layer_decay <= 1:
             raise AGNewsError(f"layer_decay={layer_decay} must be in (0, 1]")
         if attention not in (None, "auto", "eager", "sdpa"):
@@ -184,6 +191,7 @@ class AGNewsClassifier(L.LightningModule):
             raise AGNewsError(
                 f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}"
             )
+        self.frozen_outputs: FrozenOutputs | None = None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # plain accuracy (micro): torchmetrics' default is the macro average, i.e. balanced accuracy
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -232,6 +240,16 @@ class AGNewsClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         self._use_attention(self.training_attention())
 
+    def on_fit_start(self) -> None:
+        # one epoch reads each row once: nothing to reuse
+        budget, epochs = self.hparams.frozen_outputs_gb, self.trainer.max_epochs
+        if budget > 0 and epochs != 1 and FrozenOutputs.applies(self.model, self.hparams.freeze_layers) is None:
+            self.frozen_outputs = FrozenOutputs(self.model, self.hparams.freeze_layers, budget * 2**30)
+
+    def teardown(self, stage: str) -> None:
+        if self.frozen_outputs is not None:
+            self.frozen_outputs.clear()  # its memory goes; its count of reused batches stays for the summary
+
     def on_validation_start(self) -> None:
         self._use_attention("sdpa")
 
@@ -249,7 +267,11 @@ class AGNewsClassifier(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        if self.frozen_outputs is not None and stage in ("train", "val"):
+            with self.frozen_outputs.around(stage, batch["input_ids"], batch["attention_mask"]):
+                logits = self(batch["input_ids"], batch["attention_mask"])
+        else:
+            logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self.loss_fn(logits, batch["labels"])
         metric(logits, batch["labels"])
         size = len(batch["labels"])

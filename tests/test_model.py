@@ -41,7 +41,7 @@ def test_model_trains_with_dropout_on(tiny_bert):
     assert model.model.training  # from_pretrained alone would leave dropout off
 
 
-def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, **trainer_kwargs):
+def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, model_kwargs=None, **trainer_kwargs):
     dm = AGNewsDataModule(
         dataset=str(data_dir),
         tokenizer=str(backbone),
@@ -50,7 +50,9 @@ def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, **trainer_kwargs):
         batch_size=16,
         cache_dir=str(root / "cache"),
     )
-    model = AGNewsClassifier(backbone=str(backbone), learning_rate=learning_rate, warmup_ratio=0.25)
+    model = AGNewsClassifier(
+        backbone=str(backbone), learning_rate=learning_rate, warmup_ratio=0.25, **(model_kwargs or {})
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         default_root_dir=root,

@@ -1,0 +1,129 @@
+"""Reuse of the frozen lower layers' outputs from one epoch to the next.
+
+With the embeddings and the lowest N encoder layers frozen (`--model.freeze_layers N`) and dropout off, a row's
+hidden states after layer N are the same in every epoch. The first time a row is seen they are kept (its real
+tokens only, keyed by its token ids); once every row of a batch has them, the forward pass starts there and runs
+only the trained layers. Kept in memory up to a budget, dropped when `fit` ends, and thrown away whenever a
+frozen parameter changes.
+"""
+
+import sys
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def _layer_list(base: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+    """The encoder's list of layers (BERT's `encoder.layer`, DistilBERT's `transformer.layer`), with its owner."""
+    for name, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layer":
+            owner = base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base
+            return owner, "layer", module
+    return None
+
+
+def _has_dropout(modules: list[nn.Module]) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for module in modules for m in module.modules())
+
+
+class FrozenOutputs:
+    """The outputs of `model`'s frozen embeddings and lowest `count` layers, per row, up to `budget_bytes`."""
+
+    def __init__(self, model: nn.Module, count: int, budget_bytes: float):
+        base = model.base_model
+        owner, attr, layers = _layer_list(base)
+        self.embeddings, self.owner, self.attr, self.layers = base.embeddings, owner, attr, layers
+        self.count = count
+        self.budget = budget_bytes
+        self.frozen = [p for m in (self.embeddings, *layers[:count]) for p in m.parameters()]
+        self.trained_layers = nn.ModuleList(layers[count:])
+        self.rows: dict[str, dict[bytes, torch.Tensor]] = {}
+        self.size = 0
+        self.reused = 0  # batches that started from kept outputs
+        self.enabled = True
+        self._versions = self._frozen_state()
+
+    @staticmethod
+    def applies(model: nn.Module, count: int) -> str | None:
+        """Why the outputs cannot be reused for this model, or None when they can."""
+        base = model.base_model
+        found = _layer_list(base)
+        if count < 1 or found is None or not hasattr(base, "embeddings"):
+            return "no frozen layers"
+        frozen = [base.embeddings, *found[2][:count]]
+        if any(p.requires_grad for m in frozen for p in m.parameters()):
+            return "the lower layers are trained"
+        if _has_dropout(frozen):
+            return "dropout changes the frozen layers' outputs from epoch to epoch"
+        return None
+
+    def _frozen_state(self) -> tuple:
+        # a tensor's version counter moves on every in-place change (an optimizer step, load_state_dict)
+        return tuple((p._version, p.requires_grad, p.data_ptr()) for p in self.frozen)
+
+    def _still_valid(self) -> bool:
+        state = self._frozen_state()
+        if state == self._versions:
+            return True
+        self.clear()
+        if any(p.requires_grad for p in self.frozen):  # a lower layer is trained now: its outputs change each step
+            self.enabled = False
+            return False
+        self._versions = state
+        return True
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.size = 0
+
+    def _keep(self, stage: str, keys: list[bytes], hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        rows = self.rows.setdefault(stage, {})
+        kept = hidden.detach()[mask]  # real tokens only, [tokens, dim]
+        for key, row in zip(keys, kept.split(mask.sum(1).tolist()), strict=True):
+            if key not in rows:
+                rows[key] = row
+                self.size += row.numel() * row.element_size()
+        if self.size > self.budget:
+            self.clear()
+            self.enabled = False
+            print(
+                f"agnews: the frozen layers' outputs outgrow --model.frozen_outputs_gb "
+                f"({self.budget / 2**30:g} GiB); they are computed again every epoch",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @contextmanager
+    def around(self, stage: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Within it, the model's forward pass on this batch starts from the kept outputs where every row has
+        them; otherwise it runs whole and its rows' outputs are kept. `stage` keeps training and evaluation apart
+        (evaluation's tensors are made under inference mode, which training cannot save for backward)."""
+        if not self.enabled or not self._still_valid():
+            yield
+            return
+        mask = attention_mask.bool()
+        keys = [ids[m].numpy().tobytes() for ids, m in zip(input_ids.cpu(), mask.cpu(), strict=True)]
+        rows = self.rows.get(stage, {})
+        kept = [rows.get(key) for key in keys]
+        if all(row is not None for row in kept):
+            hidden = kept[0].new_zeros(*mask.shape, kept[0].shape[-1])
+            hidden[mask] = torch.cat(kept)  # padding stays 0: masked out of attention and pooling
+            self.embeddings.forward = lambda *args, **kwargs: hidden
+            setattr(self.owner, self.attr, self.trained_layers)
+            try:
+                yield
+            finally:
+                del self.embeddings.forward
+                setattr(self.owner, self.attr, self.layers)
+            self.reused += 1
+            return
+
+        def keep(module, args, output):
+            self._keep(stage, keys, output[0] if isinstance(output, tuple) else output, mask)
+
+        hook = self.layers[self.count - 1].register_forward_hook(keep)
+        try:
+            yield
+        finally:
+            hook.remove()
