@@ -44,6 +44,24 @@ class FrozenOutputs:
         self.enabled = True
         self._versions = self._frozen_state()
 
+    @classmethod
+    def for_fit(cls, model: nn.Module, count: int, budget_gb: float, datasets) -> "FrozenOutputs | None":
+        """Kept outputs for a fit over `datasets` (with per-row `lengths`), or None where they do not apply or
+        would not fit the budget (said in one line)."""
+        if budget_gb <= 0 or cls.applies(model, count) is not None:
+            return None
+        tokens = sum(int(d.lengths.sum()) for d in datasets if d is not None and hasattr(d, "lengths"))
+        need = tokens * model.config.hidden_size * 4  # fp32 hidden states of every real token
+        if need > budget_gb * 2**30:
+            print(
+                f"agnews: the frozen layers' outputs of these rows take {need / 2**30:.1f} GiB, more than "
+                f"--model.frozen_outputs_gb {budget_gb:g}: they are computed again every epoch",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+        return cls(model, count, budget_gb * 2**30)
+
     @staticmethod
     def applies(model: nn.Module, count: int) -> str | None:
         """Why the outputs cannot be reused for this model, or None when they can."""

@@ -241,10 +241,12 @@ class AGNewsClassifier(L.LightningModule):
         self._use_attention(self.training_attention())
 
     def on_fit_start(self) -> None:
-        # one epoch reads each row once: nothing to reuse
-        budget, epochs = self.hparams.frozen_outputs_gb, self.trainer.max_epochs
-        if budget > 0 and epochs != 1 and FrozenOutputs.applies(self.model, self.hparams.freeze_layers) is None:
-            self.frozen_outputs = FrozenOutputs(self.model, self.hparams.freeze_layers, budget * 2**30)
+        if self.trainer.max_epochs == 1:  # each row is read once: nothing to reuse
+            return
+        data = self.trainer.datamodule
+        datasets = [getattr(data, "train_set", None), getattr(data, "val_set", None)]
+        hp = self.hparams
+        self.frozen_outputs = FrozenOutputs.for_fit(self.model, hp.freeze_layers, hp.frozen_outputs_gb, datasets)
 
     def teardown(self, stage: str) -> None:
         if self.frozen_outputs is not None:
