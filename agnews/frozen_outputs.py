@@ -13,6 +13,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from agnews.internals import version_of
+
 
 def _layer_list(base: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
     """The encoder's list of layers (BERT's `encoder.layer`, DistilBERT's `transformer.layer`), with its owner."""
@@ -77,8 +79,8 @@ class FrozenOutputs:
         return None
 
     def _frozen_state(self) -> tuple:
-        # a tensor's version counter moves on every in-place change (an optimizer step, load_state_dict)
-        return tuple((p._version, p.requires_grad, p.data_ptr()) for p in self.frozen)
+        # every in-place change (an optimizer step, load_state_dict) moves a tensor's version counter
+        return tuple((version_of(p), p.requires_grad, p.data_ptr()) for p in self.frozen)
 
     def _still_valid(self) -> bool:
         state = self._frozen_state()

@@ -1,6 +1,6 @@
 """The one place where agnews uses private names of its libraries, for what they offer no public way to do.
 
-Written against lightning 2.6, transformers 5.24 and datasets 4-5 (pyproject pins lightning to 2.6.x);
+Written against lightning 2.6, transformers 5.24, datasets 4-5 and torch 2.13 (pyproject pins lightning to 2.6.x);
 tests/test_internals.py fails if any of these names changes, so an upgrade shows here first.
 """
 
@@ -19,6 +19,12 @@ def can_switch_attention(model) -> bool:
     model's module; for agnews' mean-pooled subclasses (agnews.pooling) the stock class's module is the one to read."""
     stock = next((c for c in type(model).__mro__ if c.__module__.startswith("transformers.models.")), type(model))
     return bool(stock._can_set_attn_implementation())
+
+
+def version_of(tensor) -> int:
+    """A tensor's version counter, which every in-place change moves (autograd's own check that a saved tensor
+    was not modified); torch has no public accessor. agnews.frozen_outputs watches the frozen weights with it."""
+    return tensor._version
 
 
 def dataset_fingerprint(dataset) -> str:

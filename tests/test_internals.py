@@ -4,10 +4,11 @@ import inspect
 
 import datasets
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForSequenceClassification
 
-from agnews.internals import attention_of, can_switch_attention, dataset_fingerprint
+from agnews.internals import attention_of, can_switch_attention, dataset_fingerprint, version_of
 
 
 def test_attention_is_read_and_switched(tiny_bert):
@@ -20,6 +21,16 @@ def test_attention_is_read_and_switched(tiny_bert):
 def test_mpnet_cannot_switch_attention(tiny_mpnet):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_mpnet, num_labels=4)
     assert not can_switch_attention(model)
+
+
+def test_version_moves_with_every_in_place_change():
+    weight = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+    before = version_of(weight)
+    weight.mul(2.0)  # a new tensor: the weight is unchanged
+    assert version_of(weight) == before
+    with torch.no_grad():
+        weight.copy_(torch.zeros(3))  # what load_state_dict does
+    assert version_of(weight) > before
 
 
 def test_dataset_fingerprint_follows_the_content():
