@@ -241,6 +241,7 @@ class AGNewsClassifier(L.LightningModule):
         self._use_attention(self.training_attention())
 
     def on_fit_start(self) -> None:
+        self.frozen_outputs = None  # a module fitted again starts afresh
         if self.trainer.max_epochs == 1:  # each row is read once: nothing to reuse
             return
         data = self.trainer.datamodule

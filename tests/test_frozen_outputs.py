@@ -5,7 +5,7 @@ import torch
 from agnews.errors import AGNewsError
 from agnews.frozen_outputs import FrozenOutputs
 from agnews.model import AGNewsClassifier
-from tests.test_model import StepLosses, fit_tiny
+from tests.test_model import StepLosses, fit_tiny, tiny_datamodule
 
 
 def padded_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +83,10 @@ def test_fit_reuses_the_first_epochs_outputs_with_the_same_results(tiny_distilbe
     reused, reused_val, model = fit_losses(tiny_distilbert, data_dir, tmp_path / "reused")
     # 128 training rows in 8 batches, 32 validation rows in 1 batch (the sanity check fills it first)
     assert model.frozen_outputs.reused == 2 * 8 + 3 and not model.frozen_outputs.rows  # emptied when fit ends
+    L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
+        model, datamodule=tiny_datamodule(tiny_distilbert, data_dir, tmp_path / "again")
+    )
+    assert model.frozen_outputs is None  # fitted again for one epoch: nothing kept from the fit before
     computed, computed_val, model = fit_losses(tiny_distilbert, data_dir, tmp_path / "computed", frozen_outputs_gb=0)
     assert model.frozen_outputs is None
     assert len(reused) == len(computed) == 24

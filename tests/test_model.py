@@ -41,8 +41,8 @@ def test_model_trains_with_dropout_on(tiny_bert):
     assert model.model.training  # from_pretrained alone would leave dropout off
 
 
-def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, model_kwargs=None, **trainer_kwargs):
-    dm = AGNewsDataModule(
+def tiny_datamodule(backbone, data_dir, root) -> AGNewsDataModule:
+    return AGNewsDataModule(
         dataset=str(data_dir),
         tokenizer=str(backbone),
         max_length=32,
@@ -50,6 +50,10 @@ def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, model_kwargs=None, **
         batch_size=16,
         cache_dir=str(root / "cache"),
     )
+
+
+def fit_tiny(backbone, data_dir, root, learning_rate=1e-3, model_kwargs=None, **trainer_kwargs):
+    dm = tiny_datamodule(backbone, data_dir, root)
     model = AGNewsClassifier(
         backbone=str(backbone), learning_rate=learning_rate, warmup_ratio=0.25, **(model_kwargs or {})
     )
