@@ -16,12 +16,12 @@ from torch import nn
 from agnews.internals import version_of
 
 
-def _layer_list(base: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
-    """The encoder's list of layers (BERT's `encoder.layer`, DistilBERT's `transformer.layer`), with its owner."""
+def _layer_list(base: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
+    """The encoder's list of layers, named `layer` as agnews.model's per-layer options find them (BERT's
+    `encoder.layer`, DistilBERT's `transformer.layer`), with the module that holds it."""
     for name, module in base.named_modules():
         if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layer":
-            owner = base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base
-            return owner, "layer", module
+            return (base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base), module
     return None
 
 
@@ -34,12 +34,12 @@ class FrozenOutputs:
 
     def __init__(self, model: nn.Module, count: int, budget_bytes: float):
         base = model.base_model
-        owner, attr, layers = _layer_list(base)
-        self.embeddings, self.owner, self.attr, self.layers = base.embeddings, owner, attr, layers
+        self.owner, self.layers = _layer_list(base)
+        self.embeddings = base.embeddings
         self.count = count
         self.budget = budget_bytes
-        self.frozen = [p for m in (self.embeddings, *layers[:count]) for p in m.parameters()]
-        self.trained_layers = nn.ModuleList(layers[count:])
+        self.frozen = [p for m in (self.embeddings, *self.layers[:count]) for p in m.parameters()]
+        self.trained_layers = nn.ModuleList(self.layers[count:])
         self.rows: dict[str, dict[bytes, torch.Tensor]] = {}
         self.size = 0
         self.reused = 0  # batches that started from kept outputs
@@ -71,7 +71,7 @@ class FrozenOutputs:
         found = _layer_list(base)
         if count < 1 or found is None or not hasattr(base, "embeddings"):
             return "no frozen layers"
-        frozen = [base.embeddings, *found[2][:count]]
+        frozen = [base.embeddings, *found[1][:count]]
         if any(p.requires_grad for m in frozen for p in m.parameters()):
             return "the lower layers are trained"
         if _has_dropout(frozen):
@@ -130,12 +130,12 @@ class FrozenOutputs:
             hidden = kept[0].new_zeros(*mask.shape, kept[0].shape[-1])
             hidden[mask] = torch.cat(kept)  # padding stays 0: masked out of attention and pooling
             self.embeddings.forward = lambda *args, **kwargs: hidden
-            setattr(self.owner, self.attr, self.trained_layers)
+            self.owner.layer = self.trained_layers
             try:
                 yield
             finally:
                 del self.embeddings.forward
-                setattr(self.owner, self.attr, self.layers)
+                self.owner.layer = self.layers
             self.reused += 1
             return
 

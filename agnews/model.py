@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -270,10 +271,8 @@ class AGNewsClassifier(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.frozen_outputs is not None and stage in ("train", "val"):
-            with self.frozen_outputs.around(stage, batch["input_ids"], batch["attention_mask"]):
-                logits = self(batch["input_ids"], batch["attention_mask"])
-        else:
+        kept = self.frozen_outputs if stage in ("train", "val") else None
+        with kept.around(stage, batch["input_ids"], batch["attention_mask"]) if kept else nullcontext():
             logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self.loss_fn(logits, batch["labels"])
         metric(logits, batch["labels"])
