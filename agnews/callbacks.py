@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from agnews.batching import in_original_order
@@ -70,9 +71,14 @@ class FitSummary(Callback):
     def state_dict(self) -> dict:
         return {"epoch_seconds": list(self.epoch_seconds), "val_history": [dict(v) for v in self.val_history]}
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
-        self.val_history = [dict(v) for v in state_dict.get("val_history", [])]
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # a resumed fit continues its history; a test of the best checkpoint right after fit (`fit --test true`)
+        # leaves the fit's own as it is (Lightning restores every callback's state for a test too)
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        state = checkpoint.get("callbacks", {}).get(self.state_key, {})
+        self.epoch_seconds = list(state.get("epoch_seconds", []))
+        self.val_history = [dict(v) for v in state.get("val_history", [])]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()

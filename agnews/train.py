@@ -8,6 +8,7 @@ import lightning as L
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
 from agnews.budget import TimeBudget
@@ -29,6 +30,42 @@ class Trainer(L.Trainer):
 
     def __init__(self, *args, accelerator="auto", precision: str | int | None = AUTO, **kwargs):
         super().__init__(*args, accelerator=accelerator, precision=choose(precision, accelerator), **kwargs)
+
+    def fit(
+        self,
+        model: L.LightningModule,
+        train_dataloaders=None,
+        val_dataloaders=None,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        test: bool = False,
+    ) -> None:
+        """Lightning's `fit`, then, with `test`, Lightning's `test` of the best checkpoint.
+
+        Args:
+            test: after a fit that finished, test its best checkpoint in this process: the same figures and report
+                as `python -m agnews.train test` run next, without a second start (imports, CLI, checkpoint).
+        """
+        if test and self.checkpoint_callback is None:
+            raise AGNewsError("--test true tests the best checkpoint: leave checkpointing on")
+        if isinstance(train_dataloaders, L.LightningDataModule):  # Lightning takes a datamodule in either place
+            train_dataloaders, datamodule = None, train_dataloaders
+        if test and self.limit_val_batches == 0:
+            raise AGNewsError(
+                "--test true tests the checkpoint validation picks: leave validation on (limit_val_batches)"
+            )
+        if test and datamodule is None:
+            raise AGNewsError("test after fit takes its test split from a datamodule: pass datamodule=")
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        if not test or self.state.status != TrainerStatus.FINISHED:
+            return
+        if not self.checkpoint_callback.best_model_path:
+            raise AGNewsError(
+                "fit stopped before its first validation, so it kept no best checkpoint to test; "
+                "`python -m agnews.train test --ckpt_path last` tests its last weights"
+            )
+        self.test(model, datamodule=datamodule, ckpt_path="best", weights_only=weights_only)
 
 
 class AGNewsCLI(CLIHooks):

@@ -87,8 +87,10 @@ def test_every_capability_on_every_run(case_run, data_dir, tmp_path, capsys):
 
     # resumed with nothing but the run's folder; the epochs after it are worse
     wreck = callback_config(tmp_path, "wreck", "WreckWeightsFromEpoch", epoch=2)
+    # `--test true` (make fit) tests the best checkpoint once the fit ends, in the same process
     resumed = cli_main(
-        ["fit", "--config", str(wreck), "--ckpt_path", "last", "--trainer.max_epochs", "3", *common(root)]
+        ["fit", "--config", str(wreck), "--ckpt_path", "last", "--trainer.max_epochs", "3", "--test", "true"]
+        + common(root)
     )
     hp = resumed.model.hparams
     assert hp.backbone == str(encoder) and hp.pooling == pooling and hp.freeze_embeddings and hp.dropout == 0.0
@@ -109,9 +111,17 @@ def test_every_capability_on_every_run(case_run, data_dir, tmp_path, capsys):
         assert kept == 2
     assert len(list((root / "lightning_logs").glob("version_*"))) == 1
 
+    report = best.parent / "test_report.json"
+    assert Path(resumed.trainer.ckpt_path) == best
+    in_fit = json.loads(report.read_text())
+    report.unlink()
     tested = cli_main(["test", *common(root)])
     assert Path(tested.trainer.ckpt_path) == best
-    assert (best.parent / "test_report.json").is_file()
+    # the same figures as `test` started afresh: the best checkpoint's weights, not the last epoch's
+    alone = json.loads(report.read_text())
+    assert Path(in_fit.pop("checkpoint")).resolve() == Path(alone.pop("checkpoint")).resolve()
+    in_fit.pop("seconds"), alone.pop("seconds")
+    assert in_fit == alone
 
     out = tmp_path / "predictions.csv"
     cli_main(["predict", "--prediction.output", str(out), *common(root)])

@@ -8,12 +8,13 @@ from tests.conftest import BUNDLED_AG_NEWS, ROOT
 
 
 def fit_then_test(config: str, tmp_path, *fit_args: str, dataset: bool = True):
-    """`fit` a config briefly on the real data, then `test` its best checkpoint on 400 or fewer test rows."""
+    """`fit` a config briefly on the real data and test its best checkpoint on 400 test rows, in one process as
+    `make fit` does (`--test true`)."""
     common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
     named = ["--data.dataset", str(BUNDLED_AG_NEWS)] if dataset else []
     configs = ["--config", str(ROOT / "configs" / config)]  # each config alone: an override of the defaults
-    cli_main(["fit", *configs, *named, *common, *fit_args])
-    cli = cli_main(["test", *common, "--data.test_size", "400"])
+    cli = cli_main(["fit", *configs, *named, *common, "--data.test_size", "400", "--test", "true", *fit_args])
+    assert cli.trainer.ckpt_path == cli.trainer.checkpoint_callback.best_model_path
     return cli, float(cli.trainer.callback_metrics["test_acc"])
 
 

@@ -177,3 +177,28 @@ def test_fit_summary_names_the_epoch_the_checkpoint_kept(tiny_bert, data_dir, tm
     best = max(v["val_acc"] for v in summary.val_history)
     assert f"kept epoch {epoch} (best val_acc): " in out
     assert summary.val_history[epoch]["val_acc"] == best
+
+
+def test_fit_then_test_needs_a_best_checkpoint(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    # `--test true` tests the checkpoint validation picks: without validation, said in one line before training
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tiny_bert, data_dir, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--test", "true"])
+    assert exit_info.value.code == 2
+    assert "--test true tests the checkpoint validation picks" in capsys.readouterr().err
+    assert not list((tmp_path / "lightning_logs").glob("version_*"))
+
+
+def test_fit_then_test_after_a_fit_that_never_validated(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tiny_bert, data_dir, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--trainer.max_steps", "2", "--test", "true"])  # 4 steps make an epoch
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fit stopped before its first validation, so it kept no best checkpoint to test" in err
+    assert "Traceback" not in err
+    # the fit's run stays, and the way out the message names works
+    tested = cli_main(["test", *args, "--ckpt_path", "last"])
+    assert Path(tested.trainer.ckpt_path).name == "last.ckpt" and "test_acc" in tested.trainer.callback_metrics
