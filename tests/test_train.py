@@ -179,6 +179,18 @@ def test_fit_summary_names_the_epoch_the_checkpoint_kept(tiny_bert, data_dir, tm
     assert summary.val_history[epoch]["val_acc"] == best
 
 
+def test_fit_then_test_logs_the_test_into_the_fits_own_run(tiny_bert, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--test", "true"])
+    assert cli.trainer.ckpt_path == cli.trainer.checkpoint_callback.best_model_path
+    runs = list((tmp_path / "lightning_logs").glob("version_*"))
+    assert [r.name for r in runs] == ["version_0"]  # one run: the fit's curves, the test's figures beside them
+    events = EventAccumulator(str(runs[0])).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val_loss", "test_loss", "test_acc", "hp_best_val_loss", "hp_test_acc"} <= tags
+    assert (Path(cli.trainer.ckpt_path).parent / "test_report.md").is_file()
+
+
 def test_fit_then_test_needs_a_best_checkpoint(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
     # `--test true` tests the checkpoint validation picks: without validation, said in one line before training
     monkeypatch.chdir(tmp_path)
