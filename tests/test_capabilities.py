@@ -153,13 +153,16 @@ def test_ddp_on_two_processes(case, request, data_dir, tmp_path):
     flags = run_flags(case, encoder, data_dir, root)
     if CASES[case][0] is None:
         flags += ["--model.backbone", str(encoder), "--data.dataset", str(data_dir), "--model.pooling", pooling]
-    command = [sys.executable, "-m", "agnews.train", "fit", *flags, "--trainer.max_epochs", "2"]
+    command = [sys.executable, "-m", "agnews.train", "fit", *flags, "--trainer.max_epochs", "2", "--test", "true"]
     command += ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
     run = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     (version,) = (root / "lightning_logs").iterdir()
-    checkpoints = sorted(p.name for p in (version / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (version / "checkpoints").iterdir() if p.suffix == ".ckpt")
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best checkpoint, and last
+    # make fit's test after the fit, on both processes: every test row counted once
+    report = json.loads((version / "checkpoints" / "test_report.json").read_text())
+    assert report["rows"] == 80 and Path(report["checkpoint"]).name != "last.ckpt"
     assert read_checkpoint(version / "checkpoints" / "last.ckpt")["hyper_parameters"]["pooling"] == pooling
 
 
