@@ -47,16 +47,17 @@ class Trainer(L.Trainer):
             test: after a fit that finished, test its best checkpoint in this process: the same figures and report
                 as `python -m agnews.train test` run next, without a second start (imports, CLI, checkpoint).
         """
-        if test and self.checkpoint_callback is None:
-            raise AGNewsError("--test true tests the best checkpoint: leave checkpointing on")
         if isinstance(train_dataloaders, L.LightningDataModule):  # Lightning takes a datamodule in either place
             train_dataloaders, datamodule = None, train_dataloaders
-        if test and self.limit_val_batches == 0:
-            raise AGNewsError(
-                "--test true tests the checkpoint validation picks: leave validation on (limit_val_batches)"
-            )
-        if test and datamodule is None:
-            raise AGNewsError("test after fit takes its test split from a datamodule: pass datamodule=")
+        if test:  # refused before training, not after it
+            if self.checkpoint_callback is None:
+                raise AGNewsError("--test true tests the best checkpoint: leave checkpointing on")
+            if self.limit_val_batches == 0:
+                raise AGNewsError(
+                    "--test true tests the checkpoint validation picks: leave validation on (limit_val_batches)"
+                )
+            if datamodule is None:
+                raise AGNewsError("test after fit takes its test split from a datamodule: pass datamodule=")
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
         if not test or self.state.status != TrainerStatus.FINISHED:
             return
