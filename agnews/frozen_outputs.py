@@ -16,7 +16,7 @@ from torch import nn
 from agnews.internals import version_of
 
 
-def _layer_list(base: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
+def layer_list(base: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
     """The encoder's list of layers, named `layer` as agnews.model's per-layer options find them (BERT's
     `encoder.layer`, DistilBERT's `transformer.layer`), with the module that holds it."""
     for name, module in base.named_modules():
@@ -34,7 +34,7 @@ class FrozenOutputs:
 
     def __init__(self, model: nn.Module, count: int, budget_bytes: float):
         base = model.base_model
-        self.owner, self.layers = _layer_list(base)
+        self.owner, self.layers = layer_list(base)
         self.embeddings = base.embeddings
         self.count = count
         self.budget = budget_bytes
@@ -68,7 +68,7 @@ class FrozenOutputs:
     def applies(model: nn.Module, count: int) -> str | None:
         """Why the outputs cannot be reused for this model, or None when they can."""
         base = model.base_model
-        found = _layer_list(base)
+        found = layer_list(base)
         if count < 1 or found is None or not hasattr(base, "embeddings"):
             return "no frozen layers"
         frozen = [base.embeddings, *found[1][:count]]

@@ -24,6 +24,7 @@ from agnews.backbone import CHECKPOINT_FILES_KEY, use_attention
 from agnews.batching import PadCollator, SortedBatchSampler, TokenizedDataset, in_original_order
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
 from agnews.errors import AGNewsError
+from agnews.first_token import FirstTokenLayer
 from agnews.precision import choose, eval_batch_size
 from agnews.texts import encode
 
@@ -98,6 +99,8 @@ class Classifier:
         use_attention(encoder, "sdpa")  # the fastest evaluation kernel on a CPU
         if self.precision == "int8":
             quantize_int8(encoder)
+        # an AGNewsClassifier runs its last layer at the first token itself; a Hugging Face model gets the same here
+        self.first_token = FirstTokenLayer.for_model(model) if encoder is model else None
         self.tokenizer = tokenizer
         self.class_names = list(class_names)
         self.max_length = max_length
@@ -141,7 +144,8 @@ class Classifier:
         batches = SortedBatchSampler(SequentialSampler(dataset), self.batch_size, lengths=dataset.lengths)
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadCollator(self.tokenizer.pad_token_id or 0))
         outputs = []
-        with torch.inference_mode(), autocast(self.precision):
+        last_layer = self.first_token.around() if self.first_token else contextlib.nullcontext()
+        with torch.inference_mode(), autocast(self.precision), last_layer:
             for batch in loader:
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 logits = getattr(out, "logits", out)

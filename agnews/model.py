@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from agnews import backbone as backbones
 from agnews.budget import LinearSchedule
 from agnews.errors import AGNewsError
+from agnews.first_token import FirstTokenLayer
 from agnews.frozen_outputs import FrozenOutputs
 
 # Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
@@ -193,6 +194,8 @@ class AGNewsClassifier(L.LightningModule):
                 f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}"
             )
         self.frozen_outputs: FrozenOutputs | None = None
+        # a first-token head reads one row of the last layer: only that row is computed (agnews.first_token)
+        self.first_token = FirstTokenLayer.for_model(self.model)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # plain accuracy (micro): torchmetrics' default is the macro average, i.e. balanced accuracy
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -268,7 +271,8 @@ class AGNewsClassifier(L.LightningModule):
         self._use_attention("sdpa")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        with self.first_token.around() if self.first_token else nullcontext():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self.frozen_outputs if stage in ("train", "val") else None

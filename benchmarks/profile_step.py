@@ -28,6 +28,8 @@ VARIANTS = {
     "agnews+foreach-adamw": dict(product=True, fused=False, foreach=True),
     "agnews+train-all-layers": dict(product=True, freeze_layers=0),  # the default keeps the lowest 2 frozen
     "agnews+freeze3": dict(product=True, freeze_layers=3),
+    # a first-token head (--pooling cls) computes its last layer at that token only; this computes all of it
+    "agnews+whole-last-layer": dict(product=True, whole_last_layer=True),
     "agnews+compile": dict(product=True, compile="model"),  # torch.compile, one dynamic-shape graph
     "agnews+compile-blocks": dict(product=True, compile="blocks"),  # each transformer layer compiled, the rest eager
     # bf16 weights instead of autocast re-casting the fp32 weights on every forward (native-bf16 CPUs; elsewhere
@@ -82,15 +84,19 @@ VARIANTS = {
 }
 
 
-# Evaluation (forward only, length-sorted batches of test rows): precision, attention kernel, batch size.
+# Evaluation (forward only, length-sorted batches of test rows, the module's forward with the class default head,
+# first-token): precision, attention kernel, batch size; the last layer whole instead of at the first token, or
+# the encoder compiled (which runs its last layer whole).
 EVAL_VARIANTS = {
-    f"{precision}+{attention}+batch{batch}{compiled}": dict(
-        precision=precision, attention=attention, batch=batch, compile=bool(compiled)
+    f"{precision}+{attention}+batch{batch}{last}{compiled}": dict(
+        precision=precision, attention=attention, batch=batch, whole_last_layer=bool(last), compile=bool(compiled)
     )
     for precision in ("fp32", "bf16", "bf16-weights")
     for attention in ("sdpa", "eager")
     for batch in (8, 16, 32, 64, 128, 256)
+    for last in ("", "+whole-last-layer")
     for compiled in ("", "+compile")
+    if not (last and compiled)
 }
 
 
@@ -106,24 +112,25 @@ def eval_batches(args, batch_size: int):
 def run_eval(variant: str, data, args) -> float:
     options = EVAL_VARIANTS[variant]
     module = AGNewsClassifier(backbone=args.backbone).eval()
-    model = module.model
-    model.set_attn_implementation(options["attention"])
+    module.model.set_attn_implementation(options["attention"])
     if options["precision"] == "bf16-weights":
-        model.to(torch.bfloat16)
+        module.model.to(torch.bfloat16)
+    if options["whole_last_layer"] or options["compile"]:
+        module.first_token = None
     if options["compile"]:  # inductor with frozen weights (constant-folded, prepacked for oneDNN), one dynamic graph
         from torch._inductor import config as inductor_config
 
         inductor_config.freezing = True
-        model = torch.compile(model, dynamic=True)
+        module.model = torch.compile(module.model, dynamic=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=options["precision"] == "bf16")
     with torch.inference_mode(), autocast:
         start = time.perf_counter()
         for warm in (data[-1], data[0]):  # warm-up (and compile): the longest and the shortest batch
-            model(input_ids=warm["input_ids"], attention_mask=warm["attention_mask"])
+            module(warm["input_ids"], warm["attention_mask"])
         warmup = time.perf_counter() - start
         start = time.perf_counter()
         for batch in data:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            module(batch["input_ids"], batch["attention_mask"])
         seconds = time.perf_counter() - start
     rows = sum(len(b["labels"]) for b in data)
     print(f"{variant:40s} {rows / seconds:7.1f} samples/s   (warm-up {warmup:.1f} s)", flush=True)
@@ -164,7 +171,8 @@ def run(variant: str, data, args, profile: bool = False) -> float:
         model.compile(dynamic=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=options.get("fused"), foreach=options.get("foreach"))
-    return timed_steps(variant, model, optimizer, options["precision"], data, args, profile)
+    forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits  # noqa: E731
+    return timed_steps(variant, forward, optimizer, options["precision"], data, args, profile)
 
 
 def run_product(variant: str, options: dict, data, args, profile: bool) -> float:
@@ -175,6 +183,8 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
     module = AGNewsClassifier(backbone=args.backbone, pooling=args.pooling, **frozen)
     dtype = torch.bfloat16 if cpu_bf16()[0] and not args.fp32 else None
     module.model.set_attn_implementation("eager" if dtype else "sdpa")  # what `attention auto` trains with
+    if options.get("whole_last_layer"):
+        module.first_token = None
     optimizer = module.optimizer()
     if options.get("compile") == "model":
         module.model.compile(dynamic=True)
@@ -190,7 +200,7 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
     if options.get("weights"):
         module.model.to(torch.bfloat16)  # in place: the optimizer's parameters are the model's, now bf16
         dtype = None  # no autocast: the weights are bf16 already
-    return timed_steps(variant, module.model, optimizer, dtype, data, args, profile)
+    return timed_steps(variant, module, optimizer, dtype, data, args, profile)  # the module's forward: logits
 
 
 class MasterWeightsAdamW:
@@ -216,10 +226,10 @@ class MasterWeightsAdamW:
             weight.grad = master.grad = None
 
 
-def timed_steps(variant: str, model, optimizer, dtype, data, args, profile: bool) -> float:
+def timed_steps(variant: str, forward, optimizer, dtype, data, args, profile: bool) -> float:
     def step(batch):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = forward(batch["input_ids"], batch["attention_mask"])
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         loss.backward()
         optimizer.step()

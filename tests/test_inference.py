@@ -156,6 +156,18 @@ def test_api_predictions_do_not_depend_on_batching(classifier):
     assert set(predictions[0].probs) == set(classifier.class_names) == {"World", "Sports", "Business", "Sci/Tech"}
 
 
+def test_api_on_a_hugging_face_model_runs_its_last_layer_at_the_first_token(classifier):
+    # the Hugging Face model inside the fitted module (tiny BERT, first-token head), given to the Classifier as is
+    expected = classifier.predict_proba(TEXTS)
+    names, length = classifier.class_names, classifier.max_length
+    model = Classifier(classifier.model.model, classifier.tokenizer, names, max_length=length, precision="32")
+    assert model.first_token is not None and classifier.first_token is None  # the module runs its own
+    torch.testing.assert_close(model.predict_proba(TEXTS), expected, atol=1e-5, rtol=1e-4)
+    model.first_token = None  # the whole last layer: the same probabilities
+    torch.testing.assert_close(model.predict_proba(TEXTS), expected, atol=1e-5, rtol=1e-4)
+    assert "forward" not in vars(classifier.model.first_token.layer)
+
+
 def test_api_best_last_and_errors(trained):
     last = Classifier.from_checkpoint("last", log_root=trained.log_root)
     assert last.checkpoint.name == "last.ckpt" and last.max_length == 32
