@@ -2,7 +2,7 @@
 
 The folder holds the fine-tuned model and its tokenizer, written with `save_pretrained`, with the class names
 as `id2label`, so that `transformers.pipeline("text-classification", model=OUT_DIR)` works without agnews.
-A mean-pooled model (the default run's) is a custom model: its code travels in the folder (`pooling.py`, named
+A mean-pooled model (the recipes') is a custom model: its code travels in the folder (`pooling.py`, named
 in config.json's `auto_map`), and loading it takes `trust_remote_code=True`; without it transformers refuses
 the folder instead of running it as a first-token model.
 """

@@ -140,7 +140,8 @@ class AGNewsClassifier(L.LightningModule):
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
-            pooling: `cls` (the model's own head: first token, through BERT's pooler) or `mean` (the average
+            pooling: `cls` (the model's own head: first token, through BERT's pooler; the last layer is then
+                computed at that token only, agnews.first_token) or `mean` (the average
                 of the last hidden states over real tokens, fed to the architecture's own head: BERT, DistilBERT,
                 RoBERTa, XLM-R, MPNet; agnews.pooling). Both export (`mean` with its code, agnews.export).
             label_smoothing: cross-entropy label smoothing (0: off).

@@ -28,8 +28,8 @@ CONFIGS = ROOT / "configs"
 # case: (config file or None, encoder fixture, pooling it runs)
 CASES = {
     "hub-default": (None, "tiny_distilbert", "cls"),
-    "offline-default": (None, "tiny_bert", "mean"),
-    "offline.yaml": (CONFIGS / "offline.yaml", "tiny_bert", "mean"),
+    "offline-default": (None, "tiny_bert", "cls"),
+    "offline.yaml": (CONFIGS / "offline.yaml", "tiny_bert", "cls"),
     "recipe-minilm.yaml": (CONFIGS / "recipe-minilm.yaml", "tiny_bert", "mean"),
     "recipe.yaml": (CONFIGS / "recipe.yaml", "tiny_mpnet", "mean"),
 }
@@ -174,7 +174,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path):
-    # the default model's architecture (mean-pooled BERT), one process on each of two "nodes" on localhost,
+    # the default model's architecture (first-token BERT), one process on each of two "nodes" on localhost,
     # each node with its own cache (prepared by its own local rank 0) and its own working folder
     def launch(tries: int = 2) -> list[str]:
         # a node process sometimes aborts in gloo's teardown on this 2-core machine ("terminate called without

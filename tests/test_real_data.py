@@ -76,7 +76,7 @@ def test_default_run_without_the_hub_trains_minilm_on_the_bundled_rows(minilm, t
         "2",
         dataset=False,
     )
-    assert cli.model.hparams.backbone == minilm and cli.model.hparams.pooling == "mean"
+    assert cli.model.hparams.backbone == minilm and cli.model.hparams.pooling == "cls"
     assert cli.datamodule.hparams.dataset == str(sources.BUNDLED_DATASET)
     assert "offline default" in cli.model.hparams.chosen_by
     assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"
@@ -84,7 +84,7 @@ def test_default_run_without_the_hub_trains_minilm_on_the_bundled_rows(minilm, t
 
 @pytest.mark.slow
 def test_the_default_model_exports_and_a_stock_pipeline_agrees_with_predict(minilm, tmp_path, monkeypatch):
-    # the default run's model (offline path: mean-pooled MiniLM), briefly trained; predict on 1,000 official test
+    # the default run's model (offline path: first-token MiniLM), briefly trained; predict on 1,000 official test
     # rows with `predict` (precision auto: bf16 where native) and with a stock pipeline on the export (fp32)
     import csv
     import json

@@ -59,7 +59,7 @@ def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(
     line = f"offline default: encoder {tiny_bert} and data {data_dir} (the hub is unreachable (test))"
     assert err.err.splitlines()[0] == f"agnews: {line}"  # the first thing the run says
     assert cli.model.hparams.backbone == str(tiny_bert) and cli.datamodule.hparams.dataset == str(data_dir)
-    assert cli.model.hparams.learning_rate == 1e-4 and cli.model.hparams.pooling == "mean"
+    assert cli.model.hparams.learning_rate == 1e-4 and cli.model.hparams.pooling == "cls"
     assert cli.model.hparams.chosen_by == line and f"chosen by agnews: {line}" in err.out
     assert "min per epoch (9 batches)" in caplog.text  # the estimate, once the first batches have run
     cli = cli_main(["test", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"])
@@ -100,7 +100,7 @@ def test_what_the_user_gives_beats_the_choice(online, hub, offline_default, tiny
     expected = (
         (sources.HUB_BACKBONE, 5e-5, "cls", sources.HUB_DATASET, 6000, 1000)
         if online
-        else (str(tiny_bert), 1e-4, "mean", str(data_dir), None, 0.1)
+        else (str(tiny_bert), 1e-4, "cls", str(data_dir), None, 0.1)
     )
     model, data = chosen["model"], chosen["data"]
     assert (model["backbone"], model["learning_rate"], model["pooling"]) == expected[:3]

