@@ -107,7 +107,10 @@ def test_the_default_model_exports_and_a_stock_pipeline_agrees_with_predict(mini
     export_main([str(tmp_path / "exported")])
     texts = pd.read_parquet(BUNDLED_AG_NEWS / "test.parquet")["text"]
     ids = sorted(predicted)
-    result = pipeline_labels(tmp_path / "exported", [texts[i] for i in ids], tmp_path, trust_remote_code=True)
+    # the default's first-token model exports as the stock class: no code in the folder, no trust_remote_code
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["model_type"] == "bert"
+    assert not (tmp_path / "exported" / "pooling.py").exists()
+    result = pipeline_labels(tmp_path / "exported", [texts[i] for i in ids], tmp_path, trust_remote_code=False)
     assert result.returncode == 0, result.stderr[-2000:]
     labels = json.loads(result.stdout.strip().splitlines()[-1])
     agree = sum(label == predicted[i] for label, i in zip(labels, ids, strict=True)) / len(ids)
