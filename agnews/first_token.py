@@ -24,6 +24,7 @@ from transformers.models.bert.modeling_bert import eager_attention_forward as be
 from transformers.models.distilbert.modeling_distilbert import eager_attention_forward as distilbert_eager_attention
 
 from agnews.frozen_outputs import layer_list
+from agnews.internals import attention_of
 
 
 def _first_query(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -37,7 +38,7 @@ def _first_query(mask: torch.Tensor | None) -> torch.Tensor | None:
 def _attend(attention: nn.Module, eager, query, key, value, mask) -> torch.Tensor:
     """transformers' own attention function for the model's kernel (eager, SDPA), on [batch, heads, length, d]
     inputs; returns [batch, query length, heads * d]."""
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(attention_of(attention), eager)
     dropout = attention.dropout.p if attention.training else 0.0
     out, _ = attend(attention, query, key, value, _first_query(mask), dropout=dropout, scaling=attention.scaling)
     return out.reshape(query.shape[0], query.shape[2], -1).contiguous()
