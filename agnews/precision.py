@@ -1,8 +1,9 @@
 """Which numeric precision is fast on this machine.
 
 bf16 only pays on a CPU with native bf16 units (AVX512-BF16 or AMX: AMD Zen 4+, Intel Cooper Lake, Sapphire
-Rapids and later). Elsewhere oneDNN emulates it, 3-4x slower than fp32, although torch still reports bf16 as
-"supported" there. `auto` picks by those flags (Linux) or, where no flags can be read, by a short matmul probe.
+Rapids and later). Elsewhere oneDNN emulates it, although torch still reports bf16 as "supported" there: 3-4x
+slower than fp32 with AVX-512, and far worse without it (an AMD EPYC Zen 3, AVX2 only: a bf16 matmul 7.8x
+slower, a MiniLM training step 18x). `auto` picks by those flags (Linux) or, where no flags can be read, by a short matmul probe.
 """
 
 import functools
@@ -72,6 +73,14 @@ def cpu_bf16() -> tuple[bool, str]:
     return speedup >= PROBE_MIN_SPEEDUP, f"bf16 matmul {speedup:.1f}x fp32 (probe)"
 
 
+def emulation_cost() -> str:
+    """How much slower than fp32 bf16 runs on this CPU where it is emulated (docs/performance.md, per CPU)."""
+    flags = cpu().flags
+    if flags is None:
+        return "slower than fp32"
+    return "about 3-4x slower than fp32" if "avx512f" in flags else "10x or more slower than fp32 (no AVX-512)"
+
+
 def on_cpu(accelerator) -> bool:
     name = (
         accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower().replace("accelerator", "")
@@ -107,12 +116,12 @@ def choose(precision, accelerator="cpu", *, fast: str = "bf16-mixed", plain: str
             return chosen
         native, why = cpu_bf16()
         chosen = fast if native else plain
-        reason = "native bf16" if native else "bf16 would be emulated, 3-4x slower than fp32"
+        reason = "native bf16" if native else f"bf16 would be emulated, {emulation_cost()}"
         _say(f"precision auto -> {chosen} (CPU {cpu().model}: {why}; {reason})")
         return chosen
     if is_bf16(precision) and on_cpu(accelerator) and not cpu_bf16()[0]:
         _say(
-            f"warning: precision {precision} on CPU {cpu().model} ({cpu_bf16()[1]}) is emulated, about 3-4x slower "
-            f"than fp32; leave precision at auto for the fast choice"
+            f"warning: precision {precision} on CPU {cpu().model} ({cpu_bf16()[1]}) is emulated, {emulation_cost()}; "
+            f"leave precision at auto for the fast choice"
         )
     return precision

@@ -6,6 +6,7 @@ from agnews.precision import CPU, choose
 
 ZEN4_FLAGS = "fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16"
 SKYLAKE_FLAGS = "fpu sse2 avx2 avx512f avx512bw avx512dq avx512vl avx512_vnni"
+ZEN3_FLAGS = "fpu sse2 fma avx avx2"
 
 
 def write_cpuinfo(tmp_path, model: str, flags: str):
@@ -26,6 +27,7 @@ def write_cpuinfo(tmp_path, model: str, flags: str):
             "avx512_bf16/amx_bf16",
         ),
         ("Intel(R) Xeon(R) CPU @ 2.50GHz", SKYLAKE_FLAGS, False, "no avx512_bf16/amx_bf16"),
+        ("AMD EPYC 7B13", ZEN3_FLAGS, False, "no avx512_bf16/amx_bf16"),
     ],
 )
 def test_native_bf16_read_from_the_cpu_flags(model, flags, native, why, tmp_path, monkeypatch):
@@ -50,8 +52,8 @@ def test_unreadable_cpuinfo_gives_no_flags(tmp_path):
     assert precision._read_cpuinfo(tmp_path / "missing").flags is None
 
 
-def fake_cpu(monkeypatch, native: bool) -> None:
-    monkeypatch.setattr(precision, "cpu", lambda: CPU("Test CPU", frozenset()))
+def fake_cpu(monkeypatch, native: bool, flags: str = SKYLAKE_FLAGS) -> None:
+    monkeypatch.setattr(precision, "cpu", lambda: CPU("Test CPU", frozenset(flags.split())))
     monkeypatch.setattr(precision, "cpu_bf16", lambda: (native, "amx_bf16" if native else "no avx512_bf16/amx_bf16"))
 
 
@@ -72,9 +74,23 @@ def test_named_precision_is_kept_with_a_warning_only_where_bf16_is_emulated(monk
     assert choose("32-true", "cpu") == "32-true" and check_precision("int8") == "int8"
     assert capsys.readouterr().err == ""
     assert check_precision("bf16") == "bf16"
-    assert "about 3-4x slower" in capsys.readouterr().err
+    assert "about 3-4x slower than fp32" in capsys.readouterr().err
     fake_cpu(monkeypatch, True)
     assert choose("bf16-mixed", "cpu") == "bf16-mixed" and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "flags, cost",
+    [(SKYLAKE_FLAGS, "about 3-4x slower"), (ZEN3_FLAGS, "10x or more slower than fp32 (no AVX-512)"), (None, "slower")],
+)
+def test_the_emulation_warning_names_this_cpus_cost(flags, cost, monkeypatch, capsys):
+    # bf16 emulated with AVX-512 costs 3-4x; on an AVX2-only CPU (AMD EPYC Zen 3) a training step took 18x
+    monkeypatch.setattr(precision, "cpu", lambda: CPU("Test CPU", frozenset(flags.split()) if flags else None))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (False, "no avx512_bf16/amx_bf16"))
+    assert choose("bf16-mixed", "cpu") == "bf16-mixed"
+    assert cost in capsys.readouterr().err
+    assert choose("auto", "cpu") == "32-true"
+    assert f"bf16 would be emulated, {precision.emulation_cost()}" in capsys.readouterr().err
 
 
 def test_gpus_keep_their_own_rule(monkeypatch, capsys):
