@@ -40,28 +40,37 @@ def fit_with_signal(tmp_path, batches: int, signum: int, args: list[str]) -> sub
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "signum, options, batches, stop",
+    "signum, options, batches, stop, kept",
     [
-        # 8 batches per epoch, 3 epochs: after 13 batches is the middle of the second epoch
-        (signal.SIGINT, (), 13, "epoch 1, step 13"),
-        (signal.SIGTERM, (), 13, "epoch 1, step 13"),
+        # 8 batches per epoch, 3 epochs: after 13 batches is the middle of the second epoch; the default run,
+        # whose second epoch starts from the frozen layers' outputs kept in the first
+        (signal.SIGINT, (), 13, "epoch 1, step 13", True),
+        (signal.SIGTERM, (), 13, "epoch 1, step 13", False),
         # 5 batches per epoch: the 8th batch is the 3rd of the second epoch
-        (signal.SIGTERM, ("--trainer.limit_train_batches", "5"), 8, "epoch 1, step 8"),
+        (signal.SIGTERM, ("--trainer.limit_train_batches", "5"), 8, "epoch 1, step 8", False),
         # 2 batches per optimizer step, 4 steps per epoch: a signal after the 11th batch waits for the 12th
-        (signal.SIGINT, ("--trainer.accumulate_grad_batches", "2"), 11, "epoch 1, step 6"),
+        (signal.SIGINT, ("--trainer.accumulate_grad_batches", "2"), 11, "epoch 1, step 6", False),
         # a loader worker draws the resumed epoch's batches: it must draw that epoch's order, not epoch 0's
-        (signal.SIGINT, ("--data.num_workers", "1"), 13, "epoch 1, step 13"),
+        (signal.SIGINT, ("--data.num_workers", "1"), 13, "epoch 1, step 13", False),
         # stopped at the end of an epoch: the resume starts the next one from its first batch
-        (signal.SIGINT, (), 16, "epoch 1, step 16"),
+        (signal.SIGINT, (), 16, "epoch 1, step 16", False),
     ],
     ids=["sigint", "sigterm", "limit_train_batches", "accumulate_grad_batches", "workers", "epoch_end"],
 )
 def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
-    signum, options, batches, stop, tiny_bert, data_dir, tmp_path
+    signum, options, batches, stop, kept, tiny_bert, data_dir, tmp_path
 ):
-    # no dropout: training then draws no random numbers, and a resumed run can be identical, not just similar
+    # no dropout: training then draws no random numbers, and a resumed run can be identical, not just similar.
+    # Identical only without the frozen layers' kept outputs: a resumed process computes again, in other batch
+    # shapes, what the uninterrupted run kept from its first epoch, and matrix products round by shape on some
+    # CPUs (MKL's AVX2 kernels on an AMD EPYC Zen 3: weights 1.7e-5 apart after Adam). With them (the default),
+    # the resumed run ends at the same step with the same metrics and weights to that rounding.
     common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0", *options)
+    if not kept:
+        common += ("--model.frozen_outputs_gb", "0")
+    metric_tolerance, weight_tolerance = (1e-5, 1e-4) if kept else (1e-6, 1e-6)
     reference = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "ref", *common)])
+    assert (reference.model.frozen_outputs.reused > 0) if kept else reference.model.frozen_outputs is None
 
     root = tmp_path / "run"
     interrupted = fit_with_signal(tmp_path, batches, signum, fit_args(tiny_bert, data_dir, root, *common))
@@ -77,12 +86,12 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
     assert resumed.trainer.global_step == reference.trainer.global_step
     for key in ("val_loss", "val_acc"):
         assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(
-            float(reference.trainer.callback_metrics[key]), abs=1e-6
+            float(reference.trainer.callback_metrics[key]), abs=metric_tolerance
         )
     final = weights(Path(resumed.trainer.checkpoint_callback.last_model_path))
     expected = weights(Path(reference.trainer.checkpoint_callback.last_model_path))
     for name, tensor in expected.items():
-        torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(final[name], tensor, atol=weight_tolerance, rtol=1e-5)
 
 
 @pytest.mark.slow
