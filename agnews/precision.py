@@ -3,7 +3,8 @@
 bf16 only pays on a CPU with native bf16 units (AVX512-BF16 or AMX: AMD Zen 4+, Intel Cooper Lake, Sapphire
 Rapids and later). Elsewhere oneDNN emulates it, although torch still reports bf16 as "supported" there: 3-4x
 slower than fp32 with AVX-512, and far worse without it (an AMD EPYC Zen 3, AVX2 only: a bf16 matmul 7.8x
-slower, a MiniLM training step 18x). `auto` picks by those flags (Linux) or, where no flags can be read, by a short matmul probe.
+slower, a MiniLM training step 18x). `auto` picks by those flags (Linux) or, where no flags can be read, by a
+short matmul probe.
 """
 
 import functools
