@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from agnews import sources
 from agnews.train import cli_main
 from tests.conftest import ROOT
 
@@ -9,6 +10,13 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_there_are_configs():
     assert {"default.yaml", "offline.yaml"} <= {c.name for c in CONFIGS}
+
+
+def test_offline_yaml_names_the_offline_default():
+    # what the default run chooses without the hub, written out: its real-data run is the default's (test_real_data)
+    named = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    assert named["model"] == sources.OFFLINE_MODEL
+    assert {**named["data"], "dataset": str(ROOT / named["data"]["dataset"])} == sources.OFFLINE_DATA
 
 
 def printed_config(capsys, *args) -> dict:

@@ -30,13 +30,15 @@ def home(tmp_path) -> Path:
     return tmp_path
 
 
-def agnews(home: Path, hub: LocalHub | None, *args: str, offline: bool = False, timeout: int = 600):
+def agnews(
+    home: Path, hub: LocalHub | None, *args: str, offline: bool = False, timeout: int = 600, download_timeout: int = 5
+):
     env = {
         **os.environ,
         "HOME": str(home / "home"),
         "HF_HOME": str(home / "home" / ".cache" / "huggingface"),
         "HF_HUB_OFFLINE": "1" if offline else "0",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+        "HF_HUB_DOWNLOAD_TIMEOUT": str(download_timeout),
         "PYTHONPATH": str(ROOT),
     }
     env.pop("HF_ENDPOINT", None)
@@ -47,7 +49,9 @@ def agnews(home: Path, hub: LocalHub | None, *args: str, offline: bool = False, 
 
 
 FAST = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
-SMALL = [*FAST, "--data.train_size", "640", "--data.val_size", "200"]  # where the budget is not what is tested
+# where the budget and the training are not what is tested: a few batches of each
+SMALL = [*FAST, "--data.train_size", "640", "--data.val_size", "200"]
+SMALL += ["--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
 
 
 def one_line_error(run, says: str) -> None:
@@ -59,8 +63,10 @@ def one_line_error(run, says: str) -> None:
 
 @pytest.mark.slow
 def test_the_default_run_through_a_local_hub(hub, home):
-    # 1. make fit's command: the hub answers, so the hub path is chosen, downloaded, trained and tested
-    fit = agnews(home, hub, "fit", *FAST, "--test", "true")
+    # 1. make fit's command: the hub answers, so the hub path is chosen, downloaded, trained (20 batches: where
+    # the encoder and data come from is what is tested) and tested
+    brief = [*FAST, "--trainer.limit_train_batches", "20"]
+    fit = agnews(home, hub, "fit", *brief, "--test", "true")
     assert fit.returncode == 0, fit.stderr[-3000:]
     first_line = next(line for line in fit.stderr.splitlines() if line.startswith("agnews: "))
     assert first_line.startswith(f"agnews: encoder {MODEL_REPO} and data {DATASET_REPO} from the hub")
@@ -71,7 +77,7 @@ def test_the_default_run_through_a_local_hub(hub, home):
 
     # 2. a second run reads everything from the caches: no file is downloaded again
     seen = len(hub.requests)
-    again = agnews(home, hub, "fit", *FAST)
+    again = agnews(home, hub, "fit", *brief)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not [r for r in hub.requests[seen:] if r.startswith("GET") and "/resolve/" in r]
     assert "cache hit for train" in again.stderr + again.stdout
@@ -102,7 +108,8 @@ def test_hub_faults_are_one_line_and_leave_nothing_half_cached(fault, says, home
     server = LocalHub(train_rows=TRAIN_ROWS, test_rows=TEST_ROWS).start()
     try:
         server.faults.add(fault)
-        failed = agnews(home, server, "fit", *SMALL, timeout=300)
+        # a stalled download fails after huggingface_hub's six tries of the read timeout: 1 s each here
+        failed = agnews(home, server, "fit", *SMALL, timeout=300, download_timeout=1)
         if fault == "500":  # the probe hears a broken hub: the default run takes the offline path instead ...
             assert failed.returncode == 0, failed.stderr[-3000:]
             assert "offline default" in failed.stderr and says in failed.stderr
