@@ -27,38 +27,48 @@ def env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
-def fit_with_signal(tmp_path, batches: int, signum: int, args: list[str]) -> subprocess.CompletedProcess:
-    """`fit` in its own process, which gets a real `signum` after `batches` training batches."""
+def fit_with_signal(tmp_path, batches: int, signum: int, args: list[str], capsys=None) -> tuple[int, str]:
+    """`fit` that gets a real `signum` after `batches` training batches: its exit code and stderr. In its own
+    process (the exit code a shell sees), or in this one when `capsys` is given (where the resumed position is
+    what is tested: a process start is ~9 s of imports on a small CPU)."""
     config = tmp_path / f"signal-{int(signum)}.yaml"
     config.write_text(
         "trainer:\n  callbacks:\n    - class_path: tests.conftest.SignalAtStep\n"
         f"      init_args: {{batches: {batches}, signum: {int(signum)}}}\n"
     )
+    if capsys is not None:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["fit", "--config", str(config), *args])
+        return exit_info.value.code, capsys.readouterr().err
     command = [sys.executable, "-m", "agnews.train", "fit", "--config", str(config), *args]
-    return subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    return run.returncode, run.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "signum, options, batches, stop, kept",
+    "signum, options, batches, stop, kept, process",
     [
         # 8 batches per epoch, 3 epochs: after 13 batches is the middle of the second epoch; the default run,
-        # whose second epoch starts from the frozen layers' outputs kept in the first
-        (signal.SIGINT, (), 13, "epoch 1, step 13", True),
-        (signal.SIGTERM, (), 13, "epoch 1, step 13", False),
+        # whose second epoch starts from the frozen layers' outputs kept in the first. Both signals stop a
+        # `python -m agnews.train` process; the other cases, where the loop's position is what differs, stop
+        # a fit in this one
+        (signal.SIGINT, (), 13, "epoch 1, step 13", True, True),
+        (signal.SIGTERM, (), 13, "epoch 1, step 13", False, True),
         # 5 batches per epoch: the 8th batch is the 3rd of the second epoch
-        (signal.SIGTERM, ("--trainer.limit_train_batches", "5"), 8, "epoch 1, step 8", False),
+        (signal.SIGTERM, ("--trainer.limit_train_batches", "5"), 8, "epoch 1, step 8", False, False),
         # 2 batches per optimizer step, 4 steps per epoch: a signal after the 11th batch waits for the 12th
-        (signal.SIGINT, ("--trainer.accumulate_grad_batches", "2"), 11, "epoch 1, step 6", False),
+        (signal.SIGINT, ("--trainer.accumulate_grad_batches", "2"), 11, "epoch 1, step 6", False, False),
         # a loader worker draws the resumed epoch's batches: it must draw that epoch's order, not epoch 0's
-        (signal.SIGINT, ("--data.num_workers", "1"), 13, "epoch 1, step 13", False),
+        (signal.SIGINT, ("--data.num_workers", "1"), 13, "epoch 1, step 13", False, False),
         # stopped at the end of an epoch: the resume starts the next one from its first batch
-        (signal.SIGINT, (), 16, "epoch 1, step 16", False),
+        (signal.SIGINT, (), 16, "epoch 1, step 16", False, False),
     ],
     ids=["sigint", "sigterm", "limit_train_batches", "accumulate_grad_batches", "workers", "epoch_end"],
 )
 def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
-    signum, options, batches, stop, kept, tiny_bert, data_dir, tmp_path
+    signum, options, batches, stop, kept, process, tiny_bert, data_dir, tmp_path, capsys
 ):
     # no dropout: training then draws no random numbers, and a resumed run can be identical, not just similar.
     # Identical only without the frozen layers' kept outputs: a resumed process computes again, in other batch
@@ -73,9 +83,11 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
     assert (reference.model.frozen_outputs.reused > 0) if kept else reference.model.frozen_outputs is None
 
     root = tmp_path / "run"
-    interrupted = fit_with_signal(tmp_path, batches, signum, fit_args(tiny_bert, data_dir, root, *common))
-    assert interrupted.returncode == 128 + signum, interrupted.stderr[-2000:]
-    assert f"{signal.Signals(signum).name}: stopped at {stop}" in interrupted.stderr
+    code, stderr = fit_with_signal(
+        tmp_path, batches, signum, fit_args(tiny_bert, data_dir, root, *common), None if process else capsys
+    )
+    assert code == 128 + signum, stderr[-2000:]
+    assert f"{signal.Signals(signum).name}: stopped at {stop}" in stderr
     folder = root / "lightning_logs" / "version_0" / "checkpoints"
     last = read_checkpoint(folder / "last.ckpt")
     assert f"epoch {last['epoch']}, step {last['global_step']}" == stop
@@ -99,8 +111,8 @@ def test_sigkill_mid_epoch_then_resume_from_the_last_epochs_checkpoint(tiny_bert
     # SIGKILL gives no chance to save: the run resumes from the last.ckpt of the last finished epoch
     root = tmp_path / "run"
     common = ("--trainer.max_epochs", "3", "--model.dropout", "0.0")
-    killed = fit_with_signal(tmp_path, 13, signal.SIGKILL, fit_args(tiny_bert, data_dir, root, *common))
-    assert killed.returncode == -signal.SIGKILL
+    code, _ = fit_with_signal(tmp_path, 13, signal.SIGKILL, fit_args(tiny_bert, data_dir, root, *common))
+    assert code == -signal.SIGKILL
     folder = root / "lightning_logs" / "version_0" / "checkpoints"
     assert not list(folder.glob(".*tmp*")) and not list(folder.glob("*.tmp"))  # nothing half-written left
     last = read_checkpoint(folder / "last.ckpt")
