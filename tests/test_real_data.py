@@ -1,19 +1,30 @@
 """A few hundred rows of the real AG News copy with the real offline encoders (MiniLM, and the recipe's MPNet)."""
 
+import csv
+import json
+
+import pandas as pd
 import pytest
 
 from agnews import sources
+from agnews.export import main as export_main
 from agnews.train import cli_main
 from tests.conftest import BUNDLED_AG_NEWS, ROOT
+from tests.test_export import pipeline_labels
+
+
+def common(tmp_path) -> list[str]:
+    return ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
 
 
 def fit_then_test(config: str, tmp_path, *fit_args: str, dataset: bool = True, test_rows: int = 400):
     """`fit` a config briefly on the real data and test its best checkpoint on `test_rows` test rows, in one
     process as `make fit` does (`--test true`)."""
-    common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
     named = ["--data.dataset", str(BUNDLED_AG_NEWS)] if dataset else []
     configs = ["--config", str(ROOT / "configs" / config)]  # each config alone: an override of the defaults
-    cli = cli_main(["fit", *configs, *named, *common, "--data.test_size", str(test_rows), "--test", "true", *fit_args])
+    cli = cli_main(
+        ["fit", *configs, *named, *common(tmp_path), "--data.test_size", str(test_rows), "--test", "true", *fit_args]
+    )
     assert cli.trainer.ckpt_path == cli.trainer.checkpoint_callback.best_model_path
     return cli, float(cli.trainer.callback_metrics["test_acc"])
 
@@ -48,14 +59,6 @@ def test_recipe_trains_the_upstream_mpnet_from_its_packages(mpnet, tmp_path, mon
 def test_default_run_without_the_hub_trains_minilm_and_exports_to_a_stock_pipeline(minilm, tmp_path, monkeypatch):
     # what `make fit` does on a machine without the hub: nothing named, so agnews chooses (HF_HUB_OFFLINE=1 here)
     # the offline default, first-token MiniLM on the bundled rows (configs/offline.yaml names the same: test_configs)
-    import csv
-    import json
-
-    import pandas as pd
-
-    from agnews.export import main as export_main
-    from tests.test_export import pipeline_labels
-
     monkeypatch.chdir(tmp_path)
     sources.hub_status.cache_clear()
     cli, accuracy = fit_then_test(
@@ -78,9 +81,8 @@ def test_default_run_without_the_hub_trains_minilm_and_exports_to_a_stock_pipeli
 
     # predict on 1,000 official test rows (precision auto: bf16 where native), and a stock pipeline on the export
     # (fp32, truncating where the run did: the export's tokenizer keeps its max_length)
-    common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
     out = tmp_path / "predictions.csv"
-    cli_main(["predict", *common, "--data.test_size", "1000", "--prediction.output", str(out)])
+    cli_main(["predict", *common(tmp_path), "--data.test_size", "1000", "--prediction.output", str(out)])
     with open(out, newline="") as f:
         predicted = {int(row["id"]): row["label"] for row in csv.DictReader(f)}
     assert len(predicted) == 1000
