@@ -137,10 +137,12 @@ class ResumableDataLoader(DataLoader):
 
 
 class TokenizedDataset(Dataset):
-    """Rows of a cached split: token ids stored flat, sliced per row (no padding stored)."""
+    """Rows of a cached split: token ids stored flat, sliced per row (no padding stored); with `teacher`, each
+    row also carries the teacher's logits for it (indexed like the split's rows)."""
 
-    def __init__(self, split: dict, rows: np.ndarray | None = None):
+    def __init__(self, split: dict, rows: np.ndarray | None = None, teacher: torch.Tensor | None = None):
         self.input_ids = split["input_ids"]
+        self.teacher = teacher
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), split["lengths"].long().cumsum(0)])
         self.labels = split["labels"]
         self.rows = torch.arange(len(self.labels)) if rows is None else torch.as_tensor(rows)
@@ -151,7 +153,10 @@ class TokenizedDataset(Dataset):
 
     def __getitem__(self, i: int):
         row = self.rows[i]
-        return self.input_ids[self.offsets[row] : self.offsets[row + 1]], self.labels[row], i
+        ids = self.input_ids[self.offsets[row] : self.offsets[row + 1]]
+        if self.teacher is None:
+            return ids, self.labels[row], i
+        return ids, self.labels[row], i, self.teacher[row]
 
 
 class PadCollator:
@@ -161,16 +166,19 @@ class PadCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch):
-        ids, labels, index = zip(*batch, strict=False)
+        ids, labels, index, *teacher = zip(*batch, strict=True)
         input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.tensor([len(x) for x in ids])
         attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
-        return {
+        out = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": torch.stack(labels),
             "index": torch.tensor(index),  # position in the dataset, to undo length sorting
         }
+        if teacher:
+            out["teacher_logits"] = torch.stack(teacher[0])
+        return out
 
 
 def in_original_order(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from agnews.errors import AGNewsError
 from agnews.internals import dataset_fingerprint
 from agnews.precision import eval_batch_size
 from agnews.sources import hub_status
+from agnews.teacher import check_rows, read_teacher, rows_fingerprint
 from agnews.texts import blank_rows, describe_rows, encode, read_texts
 from agnews.token_cache import DamagedCache, TokenCache, read_cache
 
@@ -174,6 +175,7 @@ class AGNewsDataModule(L.LightningDataModule):
         num_workers: int = 0,
         group_by_length: bool = True,
         predict_file: str | None = None,
+        teacher: str | None = None,
     ):
         """
         Args:
@@ -190,6 +192,9 @@ class AGNewsDataModule(L.LightningDataModule):
                 sorted), so that little padding is computed. Off: plain shuffled / sequential batches.
             predict_file: texts for `predict` (`.txt` one per line, or `.csv`/`.jsonl`/`.parquet` with a `text`
                 column); without it `predict` runs on the test split.
+            teacher: a teacher file for distillation (`python -m agnews.distill teacher`): its logits for every
+                row of this data's train split travel with the training batches; a file made from other rows is
+                refused. None: no teacher (the model's distill_weight is then unused).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -203,6 +208,7 @@ class AGNewsDataModule(L.LightningDataModule):
         self.predict_rows: list[int] | None = None  # the rows predicted (not blank)
         self._train_loader: ResumableDataLoader | None = None
         self._loader_state: dict | None = None  # restored from a checkpoint, for the next training loader
+        self.teacher_info: dict | None = None  # the teacher file this fit learns from, recorded in its checkpoints
 
     # ---- preparation: runs once per machine, writes files only ----
 
@@ -319,6 +325,8 @@ class AGNewsDataModule(L.LightningDataModule):
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "class_names": list(class_names),
             "pad_token_id": int(tokenizer.pad_token_id or 0),
+            # what a teacher file is keyed by: the rows themselves, whatever tokenizer either side uses
+            "rows": rows_fingerprint(ds["text"], labels.tolist()),
         }
         seconds = time.perf_counter() - start
         self.cache.write(path, tensors)
@@ -354,7 +362,7 @@ class AGNewsDataModule(L.LightningDataModule):
                 )
             elif hp.train_size is not None:
                 train_rows = train_rows[stratified_take(labels[train_rows], hp.train_size, generator, "train_size")[0]]
-            self.train_set = TokenizedDataset(train, train_rows)
+            self.train_set = TokenizedDataset(train, train_rows, teacher=self._teacher_logits(train))
             self.val_set = TokenizedDataset(train, val_rows)
             rank_zero_info(f"agnews: {len(self.train_set):,} training rows, {len(self.val_set):,} validation rows")
         if stage == "predict" and hp.predict_file is not None:
@@ -368,6 +376,18 @@ class AGNewsDataModule(L.LightningDataModule):
                 generator = torch.Generator().manual_seed(hp.seed)
                 rows = stratified_take(test["labels"].numpy(), hp.test_size, generator, "test_size")[0]
             self.test_set = TokenizedDataset(test, rows)
+
+    def _teacher_logits(self, train: dict):
+        if self.hparams.teacher is None:
+            return None
+        teacher = read_teacher(self.hparams.teacher)
+        check_rows(teacher, train.get("rows"), train["labels"], train["class_names"])
+        self.teacher_info = teacher.identity
+        rank_zero_info(
+            f"agnews: distilling from teacher file {self.hparams.teacher} ({teacher.meta.get('backbone')}, "
+            f"{teacher.accuracy():.2%} on these rows)"
+        )
+        return teacher.logits
 
     def _setup_predict_file(self) -> None:
         hp = self.hparams
@@ -446,9 +466,19 @@ class AGNewsDataModule(L.LightningDataModule):
     # restores before anything asks for the loader (`estimated_stepping_batches` builds it before the loops'
     # own loader state would be restored). The loader implements the same interface for Lightning itself.
     def state_dict(self) -> dict:
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        state = {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        if self.teacher_info is not None:
+            state["teacher"] = dict(self.teacher_info)
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("teacher")
+        if self._stage() == "fit" and (saved or {}).get("teacher") != (self.teacher_info or {}).get("teacher"):
+            had = f"teacher file {saved['file']}" if saved else "no teacher"
+            now = f"teacher file {self.hparams.teacher}" if self.teacher_info else "none"
+            raise AGNewsError(
+                f"the checkpoint's run learned from {had}, this resume from {now}; resume with the same --data.teacher"
+            )
         if state_dict.get("train_loader") is not None:
             self._restore_position(state_dict["train_loader"])
 

@@ -129,6 +129,10 @@ class Classifier:
 
     def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
         """Class probabilities, one row per text in input order (float32; NaN rows for empty texts)."""
+        return self.logits(texts).softmax(-1)
+
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """The head's raw scores, one row per text in input order (float32; NaN rows for empty texts)."""
         if isinstance(texts, str):
             texts = [texts]
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -136,10 +140,10 @@ class Classifier:
             raise AGNewsError(
                 f"texts must be strings; text {bad[0]} is {type(texts[bad[0]]).__name__} {texts[bad[0]]!r}"
             )
-        probs = torch.full((len(texts), len(self.class_names)), float("nan"))
+        scores = torch.full((len(texts), len(self.class_names)), float("nan"))
         keep = [i for i, t in enumerate(texts) if t.strip()]
         if not keep:
-            return probs
+            return scores
         dataset = TokenizedDataset(encode(self.tokenizer, [texts[i] for i in keep], self.max_length))
         batches = SortedBatchSampler(SequentialSampler(dataset), self.batch_size, lengths=dataset.lengths)
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadCollator(self.tokenizer.pad_token_id or 0))
@@ -149,9 +153,9 @@ class Classifier:
             for batch in loader:
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 logits = getattr(out, "logits", out)
-                outputs.append({"index": batch["index"], "probs": logits.float().softmax(-1)})
-        probs[keep] = in_original_order(outputs)["probs"]
-        return probs
+                outputs.append({"index": batch["index"], "logits": logits.float()})
+        scores[keep] = in_original_order(outputs)["logits"]
+        return scores
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [self._prediction(row) for row in self.predict_proba(texts)]

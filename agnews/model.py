@@ -24,6 +24,7 @@ from agnews.budget import LinearSchedule
 from agnews.errors import AGNewsError
 from agnews.first_token import FirstTokenLayer
 from agnews.frozen_outputs import FrozenOutputs
+from agnews.teacher import distillation_loss
 
 # Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
 _TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)  # BatchNorm*, InstanceNorm*: by name, below
@@ -122,6 +123,8 @@ class AGNewsClassifier(L.LightningModule):
         layer_decay: float = 1.0,
         chosen_by: str | None = None,
         frozen_outputs_gb: float = 2.0,
+        distill_weight: float = 0.5,
+        distill_temperature: float = 2.0,
     ):
         """
         Args:
@@ -152,6 +155,10 @@ class AGNewsClassifier(L.LightningModule):
             frozen_outputs_gb: memory (GiB) for keeping the frozen layers' outputs of every training and
                 validation row from the first epoch, so later epochs run only the trained layers (with frozen
                 layers, dropout 0 and more than one epoch; agnews.frozen_outputs). 0: compute them every epoch.
+            distill_weight: with a teacher file (`--data.teacher`), the training loss is (1 - w) x cross-entropy
+                on the labels + w x the distillation loss (KL divergence to the teacher's softened
+                distribution); both are logged (`train_ce`, `train_kd`). Unused without a teacher.
+            distill_temperature: the temperature both distributions are softened by (1: plain softmax).
         """
         super().__init__()
         if not 0 <= warmup_ratio < 1:
@@ -168,6 +175,10 @@ class AGNewsClassifier(L.LightningModule):
             raise AGNewsError(f"freeze_layers={freeze_layers} must be 0 (none) or more")
         if frozen_outputs_gb < 0:
             raise AGNewsError(f"frozen_outputs_gb={frozen_outputs_gb} must be 0 (off) or more")
+        if not 0 <= distill_weight <= 1:
+            raise AGNewsError(f"distill_weight={distill_weight} must be in [0, 1] (0: the labels only)")
+        if not distill_temperature > 0:
+            raise AGNewsError(f"distill_temperature={distill_temperature} must be above 0 (e.g. 2)")
         if not 0 < layer_decay <= 1:
             raise AGNewsError(f"layer_decay={layer_decay} must be in (0, 1]")
         if attention not in (None, "auto", "eager", "sdpa"):
@@ -280,8 +291,14 @@ class AGNewsClassifier(L.LightningModule):
         with kept.around(stage, batch["input_ids"], batch["attention_mask"]) if kept else nullcontext():
             logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self.loss_fn(logits, batch["labels"])
-        metric(logits, batch["labels"])
         size = len(batch["labels"])
+        if "teacher_logits" in batch and self.hparams.distill_weight > 0:  # only training batches carry them
+            kd = distillation_loss(logits, batch["teacher_logits"], self.hparams.distill_temperature)
+            self.log(f"{stage}_ce", loss, on_step=True, on_epoch=True, batch_size=size)
+            self.log(f"{stage}_kd", kd, on_step=True, on_epoch=True, batch_size=size)
+            weight = self.hparams.distill_weight
+            loss = (1 - weight) * loss + weight * kd
+        metric(logits, batch["labels"])
         on_step = stage == "train"
         # evaluation losses are averaged over every process (DDP), as the torchmetrics objects are
         self.log(

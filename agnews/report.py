@@ -49,6 +49,7 @@ def build_report(pl_module, trainer, results: dict, seconds: float) -> dict:
         "encoder": pl_module.hparams.get("backbone"),
         "chosen_by": pl_module.hparams.get("chosen_by"),
         "dataset": getattr(datamodule, "hparams", {}).get("dataset") if datamodule else None,
+        "teacher": getattr(datamodule, "hparams", {}).get("teacher") if datamodule else None,  # distilled from
         "split": "test",
         "rows": int(confusion.sum()),
         "seconds": round(seconds, 2),
@@ -83,6 +84,7 @@ def render_markdown(report: dict) -> str:
         f"- checkpoint: `{report['checkpoint']}`",
         f"- encoder: `{report['encoder']}`" + (f" ({report['chosen_by']})" if report.get("chosen_by") else ""),
         f"- data: `{report['dataset']}`, split `{report['split']}`, {report['rows']:,} rows, {report['seconds']:.1f} s",
+        *([f"- distilled from the teacher file `{report['teacher']}`"] if report.get("teacher") else []),
         f"- accuracy **{100 * report['accuracy']:.2f}%**, average loss {report['loss']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
         f"balanced accuracy {100 * report['balanced_accuracy']:.2f}%",
         "",

@@ -45,7 +45,11 @@ SPACE = {
     "pooling": ("model.pooling", optuna.distributions.CategoricalDistribution(["cls", "mean"])),
     "batch_size": ("data.batch_size", optuna.distributions.CategoricalDistribution([16, 32, 64])),
     "backbone": ("model.backbone", None),  # the encoders installed here (or --encoders)
+    # searched only when the run learns from a teacher file (--data.teacher)
+    "distill_weight": ("model.distill_weight", optuna.distributions.FloatDistribution(0.0, 1.0)),
+    "distill_temperature": ("model.distill_temperature", optuna.distributions.FloatDistribution(1.0, 8.0, log=True)),
 }
+DISTILLATION = ("distill_weight", "distill_temperature")
 
 
 def installed_encoders() -> list[str]:
@@ -63,11 +67,15 @@ def installed_encoders() -> list[str]:
     return found
 
 
-def build_space(encoders: list[str], overrides: dict) -> dict[str, tuple[str, optuna.distributions.BaseDistribution]]:
-    space = dict(SPACE)
+def build_space(
+    encoders: list[str], overrides: dict, teacher: bool = False
+) -> dict[str, tuple[str, optuna.distributions.BaseDistribution]]:
+    space = {k: v for k, v in SPACE.items() if teacher or k not in DISTILLATION}
     space["backbone"] = ("model.backbone", optuna.distributions.CategoricalDistribution(encoders))
     for name, spec in overrides.items():
         if name not in space:
+            if name in DISTILLATION:
+                raise AGNewsError(f"--space names {name!r}, but the run has no teacher: add -- --data.teacher FILE")
             raise AGNewsError(f"--space names {name!r}; the searchable settings are {', '.join(SPACE)}")
         flag, old = space[name]
         if isinstance(spec, dict):  # {low, high[, log]}
@@ -242,7 +250,7 @@ class Search:
         settings = resolved_settings(self.base)
         encoders = args.encoders or installed_encoders() or [settings["model"]["backbone"]]
         overrides = yaml.safe_load(Path(args.space).read_text()) if args.space else {}
-        self.space = build_space(encoders, overrides or {})
+        self.space = build_space(encoders, overrides or {}, teacher=bool(settings["data"].get("teacher")))
         self.folder.mkdir(parents=True, exist_ok=True)
         storage = RDBStorage(
             f"sqlite:///{self.folder / 'study.db'}",

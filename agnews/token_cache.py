@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from agnews.atomic import atomic_file
 
 # Bump when the layout of the cached tensors changes, so old files are never read as new ones.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: the rows fingerprint (teacher files key on it)
 
 
 class DamagedCache(Exception):

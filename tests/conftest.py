@@ -240,6 +240,17 @@ def trained(tmp_path_factory, tiny_bert):
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher(trained) -> Path:
+    """A teacher file made from `trained`'s checkpoint for its 160 training rows, which are `data_dir`'s too."""
+    from agnews.distill import main
+
+    out = trained.root / "teacher.parquet"
+    flags = ["--ckpt_path", str(trained.checkpoint), "--output", str(out), "--dataset", str(trained.data)]
+    assert main(["teacher", *flags, "--precision", "32"]) == 0
+    return out
+
+
 class SignalAtStep(L.Callback):
     """Sends this process a real signal once, after `batches` training batches (mid-epoch), as Ctrl-C or `kill`
     would."""

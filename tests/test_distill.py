@@ -1,0 +1,139 @@
+"""Distillation: the teacher file (agnews.distill, agnews.teacher), the mixed loss (agnews.model), and a
+distilled fit, resume and DDP run."""
+
+import hashlib
+import math
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from agnews.checkpoints import read_checkpoint
+from agnews.distill import main as distill_main
+from agnews.inference import Classifier
+from agnews.teacher import read_teacher, rows_fingerprint, write_teacher
+from agnews.train import cli_main
+from tests.conftest import ROOT, fit_args, make_rows, write_split
+
+
+def test_a_teacher_file_scores_every_training_row_and_names_its_rows_and_checkpoint(tiny_teacher, trained):
+    teacher = read_teacher(tiny_teacher)
+    texts, labels = make_rows(40, seed=0)
+    assert teacher.logits.shape == (160, 4) and teacher.logits.dtype == torch.float32
+    assert teacher.labels.tolist() == labels
+    assert teacher.meta["rows"] == rows_fingerprint(texts, labels)
+    assert teacher.meta["teacher"] == hashlib.sha256(trained.checkpoint.read_bytes()).hexdigest()
+    assert teacher.meta["command"].startswith("python -m agnews.distill teacher --ckpt_path")
+    # the logits are the checkpoint's own: the same as its Classifier gives
+    reference = Classifier.from_checkpoint(trained.checkpoint, precision="32").logits(texts[:20])
+    assert torch.allclose(teacher.logits[:20], reference, atol=1e-5)
+
+
+def test_a_teacher_made_from_other_rows_is_refused_in_one_line(tiny_teacher, tiny_bert, tmp_path, capsys):
+    other = tmp_path / "other"
+    texts, labels = make_rows(40, seed=0)
+    texts[7] = texts[7] + " edited"  # one text differs: the same row count, labels and classes
+    write_split(other, "train", texts, labels)
+    write_split(other, "test", *make_rows(5, seed=1))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["fit", *fit_args(tiny_bert, other, tmp_path, "--data.teacher", str(tiny_teacher))])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "agnews: error: teacher file" in err and "was made from other rows" in err and "Traceback" not in err
+    assert not list((tmp_path / "lightning_logs").glob("version_*"))  # nothing left behind as if it were a run
+
+
+def test_making_a_teacher_refuses_bad_rows_and_never_leaves_a_half_written_file(trained, tmp_path, monkeypatch):
+    out = tmp_path / "teacher.parquet"
+    bad = tmp_path / "bad"
+    texts, labels = make_rows(5, seed=0)
+    texts[3] = "   "
+    write_split(bad, "train", texts, labels)
+    args = ["teacher", "--ckpt_path", str(trained.checkpoint), "--output", str(out), "--precision", "32"]
+    assert distill_main([*args, "--dataset", str(bad)]) == 2
+    assert not out.exists()
+    # a write that fails midway leaves the previous file as it was, and no temporary file
+    assert distill_main([*args, "--dataset", str(trained.data)]) == 0
+    before = out.read_bytes()
+
+    def half_then_fail(table, where, **kwargs):
+        open(where, "wb").write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", half_then_fail)
+    with pytest.raises(OSError):
+        write_teacher(out, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), {"rows": "x"})
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [out.name]
+
+
+def test_the_distillation_loss_equals_a_hand_computed_value(tiny_bert):
+    from agnews.model import AGNewsClassifier
+
+    model = AGNewsClassifier(str(tiny_bert), distill_weight=0.25, distill_temperature=2.0)
+    student = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.1, 0.2, 0.3, 0.4]])
+    teacher = torch.tensor([[3.0, -1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    # by hand: T² · mean over rows of Σ p_t (log p_t - log p_s), both softmax(z / T); CE on the labels
+    kd = 0.0
+    for s, t in zip(student.tolist(), teacher.tolist(), strict=True):
+        zs = [math.exp(v / 2) for v in s]
+        zt = [math.exp(v / 2) for v in t]
+        ps = [v / sum(zs) for v in zs]
+        pt = [v / sum(zt) for v in zt]
+        kd += sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps, strict=True)) / 2
+    kd *= 4
+    ce = (
+        sum(
+            -math.log(math.exp(s[y]) / sum(math.exp(v) for v in s))
+            for s, y in zip(student.tolist(), [0, 2], strict=True)
+        )
+        / 2
+    )
+    model.log = lambda *args, **kwargs: None  # outside a Trainer
+    model.forward = lambda input_ids, attention_mask: student
+    batch = {"input_ids": None, "attention_mask": None, "labels": labels, "teacher_logits": teacher}
+    loss, _ = model._step(batch, "train", model.train_acc)
+    assert float(loss) == pytest.approx(0.75 * ce + 0.25 * kd, rel=1e-6)
+    batch.pop("teacher_logits")  # validation batches carry none: plain cross-entropy
+    assert float(model._step(batch, "val", model.val_acc)[0]) == pytest.approx(ce, rel=1e-6)
+
+
+def test_a_distilled_fit_logs_both_losses_records_its_teacher_and_resumes_only_with_it(
+    tiny_teacher, tiny_bert, data_dir, tmp_path, capsys
+):
+    flags = fit_args(
+        tiny_bert, data_dir, tmp_path, "--data.teacher", str(tiny_teacher), "--model.distill_weight", "0.5"
+    )
+    first = cli_main(["fit", *flags, "--trainer.max_epochs", "1"])
+    metrics = first.trainer.callback_metrics
+    mixed = 0.5 * float(metrics["train_ce_epoch"]) + 0.5 * float(metrics["train_kd_epoch"])
+    assert float(metrics["train_loss_epoch"]) == pytest.approx(mixed, rel=1e-5)
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    recorded = read_checkpoint(last)["AGNewsDataModule"]["teacher"]
+    assert recorded["teacher"] == read_teacher(tiny_teacher).meta["teacher"] and recorded["file"] == str(tiny_teacher)
+
+    resumed = cli_main(["fit", *flags, "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
+    assert resumed.trainer.current_epoch == 2 and "train_kd_epoch" in resumed.trainer.callback_metrics
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # the same run without its teacher: refused, not silently mixed
+        cli_main(["fit", *flags, "--data.teacher", "null", "--trainer.max_epochs", "3", "--ckpt_path", str(last)])
+    assert stop.value.code == 2
+    assert "learned from teacher file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_distilled_ddp_run_on_two_processes(tiny_teacher, tiny_bert, data_dir, tmp_path):
+    root = tmp_path / "ddp"
+    flags = fit_args(tiny_bert, data_dir, root, "--data.teacher", str(tiny_teacher), "--trainer.max_epochs", "2")
+    command = [sys.executable, "-m", "agnews.train", "fit", *flags, "--trainer.devices", "2"]
+    command += ["--trainer.strategy", "ddp", "--test", "true"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (version,) = (root / "lightning_logs").iterdir()
+    saved = read_checkpoint(version / "checkpoints" / "last.ckpt")
+    assert saved["AGNewsDataModule"]["teacher"]["rows"] == read_teacher(tiny_teacher).meta["rows"]
+    assert "distilling from teacher file" in run.stderr + run.stdout
