@@ -91,7 +91,7 @@ class FitSummary(Callback):
             return
         metrics = trainer.callback_metrics
         entry = {k: float(v) for k, v in metrics.items() if k.startswith("val_")}
-        self.val_history.append({"epoch": trainer.current_epoch, **entry})
+        self.val_history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **entry})
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -108,7 +108,8 @@ class FitSummary(Callback):
         best = None
         if scored:
             pick = max if checkpoint is not None and checkpoint.mode == "max" else min
-            best = pick(scored, key=lambda v: v[monitor]) if monitor else scored[-1]
+            # a tie: the later validation, as SafeCheckpoint keeps it
+            best = pick(reversed(scored), key=lambda v: v[monitor]) if monitor else scored[-1]
             figures = ", ".join(f"{k} {best[k]:.4f}" for k in ("val_loss", "val_acc", "val_f1") if k in best)
             lines.append(f"kept epoch {best['epoch']} ({'best ' + monitor if monitor else 'final epoch'}): {figures}")
         if checkpoint is not None and checkpoint.best_model_path:
@@ -161,6 +162,15 @@ class SafeCheckpoint(CheckpointHooks):
         super().__init__(*args, **kwargs)
         self._signal: int | None = None
         self._previous_handlers: dict[int, object] = {}
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        # a tie goes to the later model: it trained further down the schedule (an accuracy ties often on 1,000 rows)
+        if super().check_monitor_top_k(trainer, current):
+            return True
+        if current is None or self.save_top_k < 1 or len(self.best_k_models) < self.save_top_k:
+            return False
+        tie = bool(current == self.best_k_models[self.kth_best_model_path])
+        return trainer.strategy.reduce_boolean_decision(tie)
 
     def _on_signal(self, signum, frame) -> None:
         if self._signal is not None:  # asked twice: stop now, without a checkpoint

@@ -115,6 +115,9 @@ class AGNewsCLI(CLIHooks):
             defaults = self._checkpoint_defaults(first, Path(ckpt_path), resumes=sub == "fit")
         if sub == "fit" and first.trainer.get("max_time") and not first.get("ckpt_path"):
             defaults["trainer.max_epochs"] = -1  # the budget decides the length; a typed max_epochs still caps it
+            # the budget anneals the rate to zero at its last step, and validation loss turns up epochs before
+            # validation accuracy stops climbing: a budgeted run keeps its best val_acc (a tie: the later model)
+            defaults |= {"checkpoint.monitor": "val_acc", "checkpoint.mode": "max"}
         if sub == "fit" and not first.get("ckpt_path"):
             model, data, line = choose_defaults(first.model.backbone == AUTO, first.data.dataset == AUTO)
             if line is not None:
@@ -139,6 +142,10 @@ class AGNewsCLI(CLIHooks):
         ]
         if inherited:
             print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)
+        if sub == "fit" and config.trainer.get("max_time") and not config.get("print_config"):
+            rule = config.checkpoint.monitor
+            kept = f"the best {rule} ({config.checkpoint.mode}; a tie keeps the later)" if rule else "the final model"
+            print(f"agnews: budget run: the checkpoint kept is {kept}", file=sys.stderr, flush=True)
         if config.get("print_config"):
             dump = yaml.safe_load(parser.dump(self.config, skip_link_targets=False))[sub]
             dump.pop("print_config", None)

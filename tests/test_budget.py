@@ -2,7 +2,9 @@ import time
 from datetime import timedelta
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import Timer
 
 from agnews import budget as budget_module
@@ -31,7 +33,7 @@ def test_the_schedule_warms_up_then_reaches_zero_at_the_last_step_and_resizes():
     assert schedule(20) == 1.0 and schedule(110) == pytest.approx(0.5) and schedule(200) == 0.0
 
 
-def test_a_budgeted_fit_ends_on_time_with_the_rate_at_zero(tiny_bert, data_dir, tmp_path, monkeypatch, caplog):
+def test_a_budgeted_fit_ends_on_time_with_the_rate_at_zero(tiny_bert, data_dir, tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
     cli = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path, "--trainer.max_time", "00:00:00:12")])
@@ -42,6 +44,33 @@ def test_a_budgeted_fit_ends_on_time_with_the_rate_at_zero(tiny_bert, data_dir, 
     assert cli.trainer.current_epoch > 2  # more than the default 2 epochs fit in 12 s on a tiny model
     assert cli.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == 0.0
     assert seconds < 12 * 1.5 + 10  # start-up is outside the budget; the goal's 5% is measured by hand
+    # the checkpoint rule of a budgeted run, said at its start: the best validation accuracy, a tie the later model
+    assert "budget run: the checkpoint kept is the best val_acc (max; a tie keeps the later)" in capsys.readouterr().err
+    checkpoint = cli.trainer.checkpoint_callback
+    assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
+    history = next(c for c in cli.trainer.callbacks if type(c).__name__ == "FitSummary").val_history
+    best = max(v["val_acc"] for v in history)
+    kept = torch.load(checkpoint.best_model_path, weights_only=True, map_location="cpu")["global_step"]
+    assert kept == max(v["step"] for v in history if v["val_acc"] == best)
+
+
+class _Validations(L.Callback):
+    """Logs a scripted score at each validation."""
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.log("val_score", 0.0 if trainer.sanity_checking else self.scores.pop(0))
+
+
+def test_a_tie_keeps_the_later_model_under_a_typed_rule_too(tiny_bert, data_dir, tmp_path):
+    # scores 0.5, 0.75, 0.75, 0.6: the third validation ties the second and is kept
+    flags = fit_args(tiny_bert, data_dir, tmp_path, "--trainer.max_epochs", "4", "--checkpoint.monitor", "val_score")
+    flags += ["--checkpoint.mode", "max", "--checkpoint.filename", "{epoch}-{step}"]
+    cli = cli_main(["fit", *flags], callbacks=[_Validations([0.5, 0.75, 0.75, 0.6])])
+    kept = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True, map_location="cpu")
+    assert kept["epoch"] == 2 and float(cli.trainer.checkpoint_callback.best_model_score) == 0.75
 
 
 class _Timer(Timer):
