@@ -9,7 +9,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from agnews.search import duration, flags_to_dict, main
+from agnews.errors import AGNewsError
+from agnews.search import build_space, duration, flags_to_dict, main
 from agnews.train import cli_main
 from tests.conftest import fit_args
 
@@ -114,3 +115,12 @@ def test_a_search_with_bad_settings_stops_with_one_line(tiny_bert, data_dir, tmp
         main(["--name", "bad2", "--root", str(tmp_path), "--", "--data.batch_sise", "8"])
     assert stop.value.code == 2
     assert not (tmp_path / "lightning_logs" / "search" / "bad2").exists()
+
+
+def test_the_distillation_settings_are_searched_only_with_a_teacher():
+    assert {"distill_weight", "distill_temperature"} <= set(build_space(["enc"], {}, teacher=True))
+    assert not {"distill_weight", "distill_temperature"} & set(build_space(["enc"], {}, teacher=False))
+    narrowed = build_space(["enc"], {"distill_temperature": {"low": 2, "high": 4}}, teacher=True)
+    assert (narrowed["distill_temperature"][1].low, narrowed["distill_temperature"][1].high) == (2.0, 4.0)
+    with pytest.raises(AGNewsError, match="the run has no teacher: add -- --data.teacher FILE"):
+        build_space(["enc"], {"distill_weight": 0.5}, teacher=False)
