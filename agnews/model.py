@@ -123,8 +123,8 @@ class AGNewsClassifier(L.LightningModule):
         layer_decay: float = 1.0,
         chosen_by: str | None = None,
         frozen_outputs_gb: float = 2.0,
-        distill_weight: float = 0.5,
-        distill_temperature: float = 2.0,
+        distill_weight: float = 0.8,
+        distill_temperature: float = 4.0,
     ):
         """
         Args:

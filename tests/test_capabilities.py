@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agnews import sources
 from agnews.checkpoints import read_checkpoint
@@ -44,19 +45,24 @@ def common(root: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_flags(case: str, encoder: Path, data: Path, root: Path) -> list[str]:
-    """`fit` flags of one case: its config, the tiny encoder and data in place of the real ones (named only where
-    a config names them: the default run chooses them itself), tiny sizes."""
+def names_teacher(config: Path) -> bool:
+    return bool((yaml.safe_load(config.read_text()).get("data") or {}).get("teacher"))
+
+
+def run_flags(case: str, encoder: Path, data: Path, root: Path, teacher: Path) -> list[str]:
+    """`fit` flags of one case: its config, the tiny encoder, data and teacher file in place of the real ones
+    (named only where a config names them: the default run chooses them itself), tiny sizes."""
     config, _, _ = CASES[case]
     named = ["--config", str(config), "--model.backbone", str(encoder), "--data.dataset", str(data)] if config else []
+    named += ["--data.teacher", str(teacher)] if config and names_teacher(config) else []
     sizes = ["--data.max_length", "32", "--data.val_size", "32", "--model.learning_rate", "1e-2"]
     return [*named, *sizes, "--trainer.max_epochs", "3", *common(root)]
 
 
 @pytest.fixture
-def case_run(request, monkeypatch, tmp_path, data_dir):
-    """(flags, encoder folder, pooling) of a case; for the default run, the hub probe and the two paths' encoder
-    and data are replaced by tiny ones."""
+def case_run(request, monkeypatch, tmp_path, data_dir, tiny_teacher):
+    """(flags, encoder folder, pooling) of a case; for the default run, the hub probe and the two paths' encoder,
+    data and (offline) teacher file are replaced by tiny ones."""
     case = request.param
     _, fixture, pooling = CASES[case]
     encoder = request.getfixturevalue(fixture)
@@ -67,16 +73,16 @@ def case_run(request, monkeypatch, tmp_path, data_dir):
     monkeypatch.setattr(sources, "HUB_MODEL", {**sources.HUB_MODEL, "backbone": str(encoder)})
     monkeypatch.setattr(sources, "HUB_DATA", {"dataset": str(data_dir), "train_size": 96, "val_size": 32})
     monkeypatch.setattr(sources, "OFFLINE_MODEL", {**sources.OFFLINE_MODEL, "backbone": str(encoder)})
-    monkeypatch.setattr(sources, "OFFLINE_DATA", {"dataset": str(data_dir)})
+    monkeypatch.setattr(sources, "OFFLINE_DATA", {"dataset": str(data_dir), "teacher": str(tiny_teacher)})
     monkeypatch.chdir(tmp_path)
     return case, encoder, pooling
 
 
 @pytest.mark.parametrize("case_run", list(CASES), indirect=True)
-def test_every_capability_on_every_run(case_run, data_dir, tmp_path, capsys):
+def test_every_capability_on_every_run(case_run, data_dir, tmp_path, capsys, tiny_teacher):
     case, encoder, pooling = case_run
     root = tmp_path / "run"
-    flags = run_flags(case, encoder, data_dir, root)
+    flags = run_flags(case, encoder, data_dir, root, tiny_teacher)
 
     # fit, stopped by Ctrl-C in the middle of the second epoch (8 batches per epoch)
     stop = callback_config(tmp_path, "sigint", "SignalAtStep", batches=12, signum=int(signal.SIGINT))
@@ -95,6 +101,10 @@ def test_every_capability_on_every_run(case_run, data_dir, tmp_path, capsys):
     hp = resumed.model.hparams
     assert hp.backbone == str(encoder) and hp.pooling == pooling and hp.freeze_embeddings and hp.dropout == 0.0
     assert resumed.datamodule.hparams.dataset == str(data_dir)
+    # the offline default and the configs that name a teacher learn from it, across the resume too
+    distils = case == "offline-default" or (CASES[case][0] is not None and names_teacher(CASES[case][0]))
+    assert (resumed.datamodule.teacher_info is not None) == distils
+    assert ("train_kd_epoch" in resumed.trainer.callback_metrics) == distils
     callback = resumed.trainer.checkpoint_callback
     summary = next(c for c in resumed.trainer.callbacks if type(c).__name__ == "FitSummary")
     history = summary.val_history
@@ -144,13 +154,13 @@ def env() -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["hub-default", "offline.yaml", "recipe-minilm.yaml", "recipe.yaml"])
-def test_ddp_on_two_processes(case, request, data_dir, tmp_path):
+def test_ddp_on_two_processes(case, request, data_dir, tmp_path, tiny_teacher):
     # in a new process the hub cannot be patched: the no-config case names its tiny encoder, which is what the
     # hub default differs by (DistilBERT, first-token pooling); no find_unused_parameters anywhere
     _, fixture, pooling = CASES[case]
     encoder = request.getfixturevalue(fixture)
     root = tmp_path / "ddp"
-    flags = run_flags(case, encoder, data_dir, root)
+    flags = run_flags(case, encoder, data_dir, root, tiny_teacher)
     if CASES[case][0] is None:
         flags += ["--model.backbone", str(encoder), "--data.dataset", str(data_dir), "--model.pooling", pooling]
     command = [sys.executable, "-m", "agnews.train", "fit", *flags, "--trainer.max_epochs", "2", "--test", "true"]
@@ -173,7 +183,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path):
+def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path, tiny_teacher):
     # the default model's architecture (first-token BERT), one process on each of two "nodes" on localhost,
     # each node with its own cache (prepared by its own local rank 0) and its own working folder
     def launch(tries: int = 2) -> list[str]:
@@ -192,6 +202,7 @@ def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path):
                 "-m", "agnews.train", "fit",
                 "--config", str(CONFIGS / "offline.yaml"),
                 "--model.backbone", str(tiny_bert), "--data.dataset", str(data_dir),
+                "--data.teacher", str(tiny_teacher),
                 "--data.max_length", "32", "--data.val_size", "32", "--trainer.max_epochs", "2",
                 "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
                 "--data.cache_dir", str(node / "cache"), "--trainer.default_root_dir", str(node),

@@ -16,7 +16,7 @@ def test_offline_yaml_names_the_offline_default():
     # what the default run chooses without the hub, written out: its real-data run is the default's (test_real_data)
     named = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
     assert named["model"] == sources.OFFLINE_MODEL
-    assert {**named["data"], "dataset": str(ROOT / named["data"]["dataset"])} == sources.OFFLINE_DATA
+    assert {key: str(ROOT / path) for key, path in named["data"].items()} == sources.OFFLINE_DATA
 
 
 def printed_config(capsys, *args) -> dict:
@@ -45,13 +45,16 @@ def test_each_config_alone_overrides_only_what_it_names(config, capsys):
         for key, value in values.items():
             if key in (named.get(section) or {}):
                 assert alone[section].get(key) == named[section][key], (section, key)
+            elif (section, key) == ("data", "teacher") and "dataset" in (named.get("data") or {}):
+                # the offline default's teacher goes with its data: a config naming other data names its own
+                assert alone["data"].get("teacher") is None, config.name
             elif (section, key) not in {("model", "chosen_by"), ("data", "tokenizer")}:
                 # the fast path (frozen embeddings, no dropout, ...) is kept by every config
                 assert alone[section][key] == value, (section, key)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_config_runs_one_batch(config, tiny_bert, data_dir, tmp_path, monkeypatch):
+def test_config_runs_one_batch(config, tiny_bert, data_dir, tiny_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = cli_main(
         [
@@ -63,6 +66,7 @@ def test_config_runs_one_batch(config, tiny_bert, data_dir, tmp_path, monkeypatc
             str(tiny_bert),
             "--data.dataset",
             str(data_dir),
+            *(["--data.teacher", str(tiny_teacher)] if "teacher:" in config.read_text() else []),
             "--data.max_length",
             "32",
             "--data.cache_dir",

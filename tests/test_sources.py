@@ -80,8 +80,11 @@ def test_the_hub_default_is_cpu_sized_when_the_hub_answers(hub):
 def test_named_backbone_or_dataset_never_falls_back(hub):
     assert sources.choose_defaults(False, False) == ({}, {}, None) and hub["probes"] == 0
     model, data, line = sources.choose_defaults(False, True)
-    assert model == {} and data == {"dataset": str(sources.BUNDLED_DATASET)}
-    assert line == f"offline default: data {sources.BUNDLED_DATASET} (the hub is unreachable (test))"
+    assert model == {} and data == {"dataset": str(sources.BUNDLED_DATASET), "teacher": str(sources.BUNDLED_TEACHER)}
+    assert line == (
+        f"offline default: data {sources.BUNDLED_DATASET} and teacher {sources.BUNDLED_TEACHER} "
+        "(the hub is unreachable (test))"
+    )
 
 
 def print_config(args: list[str], capsys) -> dict:
