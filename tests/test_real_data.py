@@ -79,7 +79,6 @@ def test_default_run_without_the_hub_trains_minilm_and_exports_to_a_stock_pipeli
     assert "offline default" in cli.model.hparams.chosen_by
     # it distils from the shipped teacher file, which matches the bundled rows
     assert cli.datamodule.hparams.teacher == str(sources.BUNDLED_TEACHER) and cli.datamodule.teacher_info is not None
-    assert "train_kd_epoch" in cli.trainer.callback_metrics
     assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"
 
     # predict on 1,000 official test rows (precision auto: bf16 where native), and a stock pipeline on the export
