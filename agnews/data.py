@@ -362,7 +362,9 @@ class AGNewsDataModule(L.LightningDataModule):
                 )
             elif hp.train_size is not None:
                 train_rows = train_rows[stratified_take(labels[train_rows], hp.train_size, generator, "train_size")[0]]
-            self.train_set = TokenizedDataset(train, train_rows, teacher=self._teacher_logits(train))
+            # `validate` scores the validation rows only: no teacher file to read
+            teacher = self._teacher_logits(train) if stage != "validate" else None
+            self.train_set = TokenizedDataset(train, train_rows, teacher=teacher)
             self.val_set = TokenizedDataset(train, val_rows)
             rank_zero_info(f"agnews: {len(self.train_set):,} training rows, {len(self.val_set):,} validation rows")
         if stage == "predict" and hp.predict_file is not None:

@@ -25,6 +25,8 @@ def make_teacher(
     batch_size: int | None = None,
     command: str | None = None,
 ) -> Path:
+    import torch
+
     from agnews.backbone import sha256_of
     from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
     from agnews.data import load_raw
@@ -54,8 +56,6 @@ def make_teacher(
     start = time.perf_counter()
     logits = classifier.logits(texts)
     seconds = time.perf_counter() - start
-    import torch
-
     labels_t = torch.tensor(labels, dtype=torch.int64)
     hp = saved.get("hyper_parameters", {})
     meta = {
