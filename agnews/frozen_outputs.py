@@ -53,7 +53,8 @@ class FrozenOutputs:
         if budget_gb <= 0 or cls.applies(model, count) is not None:
             return None
         tokens = sum(int(d.lengths.sum()) for d in datasets if d is not None and hasattr(d, "lengths"))
-        need = tokens * model.config.hidden_size * 4  # fp32 hidden states of every real token
+        # the hidden states of every real token, in the weights' precision (bf16 under agnews.bf16_weights)
+        need = tokens * model.config.hidden_size * model.get_input_embeddings().weight.element_size()
         if need > budget_gb * 2**30:
             print(
                 f"agnews: the frozen layers' outputs of these rows take {need / 2**30:.1f} GiB, more than "

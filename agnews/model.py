@@ -289,7 +289,8 @@ class AGNewsClassifier(L.LightningModule):
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self.frozen_outputs if stage in ("train", "val") else None
         with kept.around(stage, batch["input_ids"], batch["attention_mask"]) if kept else nullcontext():
-            logits = self(batch["input_ids"], batch["attention_mask"])
+            # the loss and metrics in fp32 whatever the weights are (bf16 ones under agnews.bf16_weights)
+            logits = self(batch["input_ids"], batch["attention_mask"]).float()
         loss = self.loss_fn(logits, batch["labels"])
         size = len(batch["labels"])
         if "teacher_logits" in batch and self.hparams.distill_weight > 0:  # only training batches carry them

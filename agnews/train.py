@@ -7,10 +7,13 @@ from pathlib import Path
 import lightning as L
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins import CheckpointIO, LayerSync, Precision
 from lightning.pytorch.trainer.states import TrainerStatus
 
 from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
+from agnews.bf16_weights import BF16Weights
 from agnews.budget import TimeBudget
 from agnews.callbacks import EpochEstimate, FitSummary, PredictionWriter, SafeCheckpoint, TestReport
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint, runs
@@ -18,18 +21,38 @@ from agnews.data import AGNewsDataModule
 from agnews.errors import AGNewsError, TrainingInterrupted
 from agnews.internals import CLIHooks
 from agnews.model import AGNewsClassifier
-from agnews.precision import AUTO, choose
+from agnews.precision import AUTO, choose, on_cpu
 from agnews.sources import choose_defaults
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 
-class Trainer(L.Trainer):
-    """Lightning's Trainer, plus `precision="auto"` (the default): bf16-mixed where the hardware runs bf16
-    natively, 32-true elsewhere, said in one line. A named precision is passed on as it is."""
+# Lightning's own plugin kinds, named so that the CLI can build one from a class path (`--trainer.plugins`)
+PluginInput = Precision | ClusterEnvironment | CheckpointIO | LayerSync | str
 
-    def __init__(self, *args, accelerator="auto", precision: str | int | None = AUTO, **kwargs):
-        super().__init__(*args, accelerator=accelerator, precision=choose(precision, accelerator), **kwargs)
+
+class Trainer(L.Trainer):
+    """Lightning's Trainer, plus `precision="auto"` (the default): bf16 where the hardware runs it natively
+    (on a CPU with the weights kept in bf16 between steps, agnews.bf16_weights), 32-true elsewhere, said in one
+    line. A named precision or precision plugin is passed on as it is (`bf16-mixed`: Lightning's own autocast)."""
+
+    def __init__(
+        self,
+        *args,
+        accelerator="auto",
+        precision: str | int | None = AUTO,
+        plugins: PluginInput | list[PluginInput] | None = None,
+        **kwargs,
+    ):
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        auto = precision is None or str(precision) == AUTO
+        if auto and any(isinstance(p, Precision) for p in plugins):
+            precision = None  # the plugin decides
+        else:
+            precision = choose(precision, accelerator)
+            if auto and precision == "bf16-mixed" and on_cpu(accelerator):
+                precision, plugins = None, [*plugins, BF16Weights()]
+        super().__init__(*args, accelerator=accelerator, precision=precision, plugins=plugins or None, **kwargs)
 
     def fit(
         self,

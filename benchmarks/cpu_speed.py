@@ -20,6 +20,7 @@ clock around the training loop and the test pass alone (model loading and tokeni
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -242,16 +243,35 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
     return 2 * n**3 * repeat / (time.perf_counter() - start)
 
 
-def flops_per_token(backbone: str) -> tuple[float, float]:
-    """Forward ~2 FLOP per non-embedding parameter per token; training ~3x forward (backward is ~2x)."""
+def flops_per_sample(backbone: str, tokens: float, agnews_model: dict) -> dict[str, float]:
+    """Matrix-product FLOPs per sample (2 per weight per token forward, 6 trained: backward is ~2x forward;
+    the embeddings are lookups). `train`/`eval`: every layer trained and at every token, as a plain fine-tune
+    runs. `train_run`/`eval_run`: what agnews's defaults run: the frozen lowest layers forward only, and a
+    first-token head's last layer at every token only for its keys and values (agnews.first_token)."""
+    import inspect
+
     from transformers import AutoModel
 
     from agnews.backbone import resolve
+    from agnews.model import AGNewsClassifier, layer_depth
 
+    defaults = {k: v.default for k, v in inspect.signature(AGNewsClassifier.__init__).parameters.items()}
+    options = {**defaults, **agnews_model}
     model = AutoModel.from_pretrained(resolve(backbone_path(backbone)))
-    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
-    dense = sum(p.numel() for p in model.parameters()) - embedding
-    return 6 * dense, 2 * dense
+    layers = model.config.num_hidden_layers
+    full = {"train": 0.0, "eval": 0.0, "train_run": 0.0, "eval_run": 0.0}
+    for name, param in model.named_parameters():
+        depth = layer_depth(name, layers)
+        if depth == 0 or param.dim() < 2:  # embeddings; biases and norms are no matrix products
+            continue
+        at = 1.0 if depth > layers else tokens  # the pooler runs at the first token
+        full["train"] += 6 * param.numel() * at
+        full["eval"] += 2 * param.numel() * at
+        if depth == layers and options["pooling"] == "cls" and not re.search(r"\.(k|v|key|value|k_lin|v_lin)\.", name):
+            at = 1.0  # the last layer's queries, output and feed-forward at the first token only
+        full["eval_run"] += 2 * param.numel() * at
+        full["train_run"] += (2 if depth <= options["freeze_layers"] else 6) * param.numel() * at
+    return full
 
 
 def main() -> None:
@@ -336,11 +356,11 @@ def main() -> None:
     }
 
     bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
-    train_flop, eval_flop = flops_per_token(args.backbone)
     tokens = next(iter(results.values()))["mean_tokens"]
+    flops = flops_per_sample(args.backbone, tokens, json.loads(args.agnews_model))
     # the limit: every sample's matrix products at the matmul peak of the precision the run uses
     peak = bf16_peak if precision == "bf16" else fp32_peak
-    train_limit, eval_limit = peak / (train_flop * tokens), peak / (eval_flop * tokens)
+    train_limit, eval_limit = peak / flops["train"], peak / flops["eval"]
     print(
         f"\nbackbone {args.backbone}, {next(iter(results.values()))['train_rows']:,} training rows, "
         f"{next(iter(results.values()))['test_rows']:,} test rows, {args.epochs} epoch(s), lr {args.lr}, "
@@ -363,6 +383,17 @@ def main() -> None:
             f"| {r['label']} | {r['train_sps']:.1f} | {r['eval_sps']:.1f} | {r['peak_mib']:.0f} | "
             f"{100 * r['test_acc']:.2f}% | {100 * r['train_sps'] / train_limit:.0f}% | "
             f"{100 * r['eval_sps'] / eval_limit:.0f}% |"
+        )
+    print(
+        f"\nFLOPs per sample, every layer trained and at every token: {flops['train'] / 1e9:.2f} G train, "
+        f"{flops['eval'] / 1e9:.2f} G eval; as agnews runs them (frozen layers forward only, a first-token head's "
+        f"last layer at one token): {flops['train_run'] / 1e9:.2f} G train, {flops['eval_run'] / 1e9:.2f} G eval"
+    )
+    if "agnews" in results:
+        r = results["agnews"]
+        print(
+            f"agnews at the {precision} peak by the FLOPs it runs: train {100 * r['train_sps'] * flops['train_run'] / peak:.0f}%, "
+            f"eval {100 * r['eval_sps'] * flops['eval_run'] / peak:.0f}%"
         )
     if "agnews" in results:
         mine = results["agnews"]
@@ -404,6 +435,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/cpu_speed.py", *sys.argv[1:]]),
         "matmul_gflops": {"fp32": round(fp32_peak / 1e9), "bf16": round(bf16_peak / 1e9)},
         "mean_tokens": round(tokens, 1),
+        "gflop_per_sample": {k: round(v / 1e9, 3) for k, v in flops.items()},
         "results": results,
     }
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

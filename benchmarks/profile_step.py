@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py --steps 30                 # samples/s of each variant
     python benchmarks/profile_step.py --profile bf16             # torch.profiler table of one variant
     python benchmarks/profile_step.py --eval --rounds 2          # evaluation: precision x attention x batch
-    python benchmarks/profile_step.py --losses --variants agnews agnews+bf16-true agnews+bf16-master
+    python benchmarks/profile_step.py --losses --variants agnews agnews+autocast agnews+bf16-true
                                                                  # ... and how each variant trains
 
 Batches come from agnews's own DataModule (length-grouped, real AG News rows, MiniLM tokenizer), and each
@@ -33,11 +33,14 @@ VARIANTS = {
     "agnews+whole-last-layer": dict(product=True, whole_last_layer=True),
     "agnews+compile": dict(product=True, compile="model"),  # torch.compile, one dynamic-shape graph
     "agnews+compile-blocks": dict(product=True, compile="blocks"),  # each transformer layer compiled, the rest eager
-    # bf16 weights instead of autocast re-casting the fp32 weights on every forward (native-bf16 CPUs; elsewhere
-    # these time bf16 emulation): Lightning's bf16-true (bf16 weights and AdamW state), or bf16 weights with an
-    # fp32 master copy of the trained ones in the fused AdamW, cast back to bf16 once per step
+    # On a native-bf16 CPU the product keeps bf16 weights with fp32 masters in the fused AdamW, cast back to bf16
+    # once per step (agnews.bf16_weights; here MasterWeightsAdamW, the same arithmetic). Instead: Lightning's
+    # bf16-mixed (autocast re-casting the fp32 weights on every forward), or its bf16-true (bf16 weights and
+    # AdamW state, no masters). Elsewhere these time bf16 emulation.
+    "agnews+autocast": dict(product=True, weights="autocast"),
     "agnews+bf16-true": dict(product=True, weights="bf16-true"),
     "agnews+bf16-master": dict(product=True, weights="bf16-master"),
+    "agnews+sdpa": dict(product=True, attention="sdpa"),  # `attention auto` trains bf16 with eager attention
     # from the plain encoder (dropout, trained embeddings, SDPA, torch's default AdamW), one option at a time
     "fp32": dict(precision=None),
     "fp32+frozen-emb": dict(precision=None, freeze_embeddings=True),
@@ -183,7 +186,9 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
     frozen = {"freeze_layers": options["freeze_layers"]} if "freeze_layers" in options else {}
     module = AGNewsClassifier(backbone=args.backbone, pooling=args.pooling, **frozen)
     dtype = torch.bfloat16 if cpu_bf16()[0] and not args.fp32 else None
-    module.model.set_attn_implementation("eager" if dtype else "sdpa")  # what `attention auto` trains with
+    # what `attention auto` trains with
+    module.model.set_attn_implementation(options.get("attention") or ("eager" if dtype else "sdpa"))
+    weights = options.get("weights") or ("bf16-master" if dtype else None)  # what `precision auto` trains with
     if options.get("whole_last_layer"):
         module.first_token = None
     optimizer = module.optimizer()
@@ -196,11 +201,11 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
         hp = module.hparams
         groups = parameter_groups(module.model, hp.weight_decay, hp.learning_rate, hp.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, foreach=options.get("foreach"))
-    if options.get("weights") == "bf16-master":
+    if weights == "bf16-master":
         optimizer = MasterWeightsAdamW(optimizer)  # fp32 masters copied now, before the model turns bf16
-    if options.get("weights"):
+    if weights in ("bf16-master", "bf16-true"):
         module.model.to(torch.bfloat16)  # in place: the optimizer's parameters are the model's, now bf16
-        dtype = None  # no autocast: the weights are bf16 already
+        dtype = None  # no autocast: the weights are bf16 already (the loss is taken in fp32)
     return timed_steps(variant, module, optimizer, dtype, data, args, profile)  # the module's forward: logits
 
 

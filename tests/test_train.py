@@ -157,6 +157,9 @@ def test_precision_follows_the_cpu_unless_named(
     )
     cli = cli_main(["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.fast_dev_run", "1", *flags])
     assert cli.trainer.precision == expected
+    # auto on a native-bf16 CPU keeps bf16 weights between steps; a named bf16-mixed is Lightning's autocast
+    kept = native and not flags
+    assert (type(cli.trainer.precision_plugin).__name__ == "BF16Weights") == kept
     err = capsys.readouterr().err
     if says:
         assert sum(says in line for line in err.splitlines()) == 1
