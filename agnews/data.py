@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import lightning as L
@@ -91,7 +92,7 @@ def load_raw(dataset: str):
                 f"dataset {dataset!r} not found on the Hugging Face hub; check the id or pass a local folder"
             ) from None
         raise
-    return raw, _class_names(raw)
+    return _class_names(raw)
 
 
 def _unreachable(dataset: str, why: str) -> AGNewsError:
@@ -115,12 +116,21 @@ def _load_from_hub(dataset: str):
             raise _unreachable(dataset, why) from None
 
 
-def _class_names(raw) -> list[str]:
-    for split in raw.values():
-        feature = split.features.get("label")
+def _class_names(raw) -> tuple[Any, list[str]]:
+    """The data with integer labels, and their names: a `ClassLabel`'s; text labels' in sorted order (encoded
+    with one mapping for every split); for integers 0..N-1 the AG News names when N is 4, else "0".."N-1"."""
+    import datasets
+
+    features = [split.features.get("label") for split in raw.values()]
+    for feature in features:
         if getattr(feature, "names", None):
-            return list(feature.names)
-    return list(AG_NEWS_CLASSES)
+            return raw, list(feature.names)
+    if any(getattr(f, "dtype", None) in ("string", "large_string") for f in features):
+        names = sorted({v for split in raw.values() for v in split["label"] if v is not None})
+        return raw.cast_column("label", datasets.ClassLabel(names=names)), names
+    values = [v for split in raw.values() for v in split.unique("label") if isinstance(v, int)]
+    count = max(values, default=len(AG_NEWS_CLASSES) - 1) + 1
+    return raw, list(AG_NEWS_CLASSES) if count == len(AG_NEWS_CLASSES) else [str(i) for i in range(count)]
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -23,7 +23,8 @@ def can_switch_attention(model) -> bool:
 
 def version_of(tensor) -> int:
     """A tensor's version counter, which every in-place change moves (autograd's own check that a saved tensor
-    was not modified); torch has no public accessor. agnews.frozen_outputs watches the frozen weights with it."""
+    was not modified); torch has no public accessor. agnews.frozen_outputs watches the frozen weights with it,
+    agnews.bf16_weights the bf16 weights (an edit made outside the optimizer goes into the fp32 master)."""
     return tensor._version
 
 

@@ -52,7 +52,9 @@ class StepLosses(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def fit(backbone, data_dir, root, plugins=None, precision="32-true", ckpt_path=None, **trainer_kwargs):
+def fit(
+    backbone, data_dir, root, plugins=None, precision="32-true", ckpt_path=None, callbacks_extra=(), **trainer_kwargs
+):
     torch.manual_seed(0)
     dm = tiny_datamodule(backbone, data_dir, root)
     model = AGNewsClassifier(backbone=str(backbone), learning_rate=1e-3, warmup_ratio=0.25)
@@ -66,7 +68,7 @@ def fit(backbone, data_dir, root, plugins=None, precision="32-true", ckpt_path=N
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[losses],
+        callbacks=[losses, *callbacks_extra],
         **trainer_kwargs,
     )
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
@@ -110,6 +112,36 @@ def test_frozen_weights_come_back_exactly(tiny_bert, data_dir, tmp_path):
     after = model.model.state_dict()
     frozen = [n for n, p in model.model.named_parameters() if not p.requires_grad]
     assert frozen and all(torch.equal(after[n], before[n]) for n in frozen)
+
+
+class EditWeights(L.Callback):
+    """Edits weights in place, as weight-averaging or pruning callbacks do: at the start of epoch 1 (mid-run)
+    the classifier's weight is zeroed, and at the end of training its bias is set to 1."""
+
+    def __init__(self):
+        self.after_edit = None
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                module.model.classifier.weight.zero_()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and self.after_edit is None:  # the first step after the edit
+            self.after_edit = module.model.classifier.weight.detach().float().abs().max().item()
+
+    def on_train_end(self, trainer, module):
+        with torch.no_grad():
+            module.model.classifier.bias.fill_(1.0)
+
+
+def test_weights_edited_in_place_outside_the_optimizer_are_kept(tiny_bert, data_dir, tmp_path):
+    edits = EditWeights()
+    trainer, model, _ = fit(tiny_bert, data_dir, tmp_path, plugins=[BF16Weights()], callbacks_extra=[edits])
+    # one AdamW step from zero moves a weight by about the learning rate (1e-3), not back to its trained size
+    assert edits.after_edit < 0.01
+    assert torch.equal(model.model.classifier.bias, torch.ones_like(model.model.classifier.bias))
+    assert model.model.classifier.bias.dtype == torch.float32
 
 
 def test_sigint_then_resume_matches_an_uninterrupted_run(tiny_bert, data_dir, tmp_path, capsys):

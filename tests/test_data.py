@@ -248,3 +248,29 @@ def test_unreachable_hub_dataset(tmp_path, tiny_bert):
 
 def test_max_length_beyond_model_limit(data_dir, tiny_bert, tmp_path):
     assert_error(make_dm(data_dir, tiny_bert, tmp_path, max_length=512), r"exceeds .* \(64\)", tmp_path)
+
+
+def test_text_labels_become_classes_in_sorted_order_with_one_mapping_for_every_split(tmp_path, tiny_bert):
+    folder = tmp_path / "text-labels"
+    texts, _ = make_rows(6, seed=0)
+    names = ["sport", "tech", "world"]
+    write_split(folder, "train", texts[:18], [names[i % 3] for i in range(18)], fmt="csv")
+    write_split(folder, "test", texts[:4], ["world", "tech", "world", "tech"], fmt="csv")  # no "sport" here
+    dm = make_dm(folder, tiny_bert, tmp_path, val_size=3)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.class_names == names
+    test_labels = [int(dm.test_set[i][1]) for i in range(4)]
+    assert test_labels == [2, 1, 2, 1]
+
+
+def test_integer_labels_of_another_count_are_named_by_number(tmp_path, tiny_bert):
+    folder = tmp_path / "six"
+    texts, _ = make_rows(6, seed=0)
+    write_split(folder, "train", texts, [i % 6 for i in range(len(texts))])
+    write_split(folder, "test", texts[:6], list(range(6)))
+    dm = make_dm(folder, tiny_bert, tmp_path, val_size=6)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.class_names == ["0", "1", "2", "3", "4", "5"]

@@ -354,6 +354,10 @@ def test_the_fused_adamw_trains_as_torchs_reference_adamw(tiny_bert, data_dir, t
             losses.append(loss.item())
         assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if name.endswith("key.bias"):
+            # softmax ignores a bias added to every key: its gradient is rounding noise, which Adam scales to
+            # full-size steps whose sign differs between the two implementations
+            continue
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(
         model.model.classifier.weight, AGNewsClassifier(backbone=str(tiny_bert)).model.classifier.weight

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agnews.inference import Classifier
 from agnews.precision import CPU
 from agnews.train import cli_main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_rows, write_split
 
 
 def tiny_args(tiny_bert, data_dir, tmp_path) -> list[str]:
@@ -217,3 +218,22 @@ def test_fit_then_test_after_a_fit_that_never_validated(tiny_bert, data_dir, tmp
     # the fit's run stays, and the way out the message names works
     tested = cli_main(["test", *args, "--ckpt_path", "last"])
     assert Path(tested.trainer.ckpt_path).name == "last.ckpt" and "test_acc" in tested.trainer.callback_metrics
+
+
+def test_own_data_with_three_text_classes_trains_and_predicts_their_names(tiny_bert, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "three"
+    texts, labels = make_rows(12, seed=0)
+    names = ["business", "sport", "world"]
+    keep = [i for i, label in enumerate(labels) if label < 3]
+    write_split(data, "train", [texts[i] for i in keep], [names[labels[i]] for i in keep], fmt="csv")
+    write_split(data, "test", [texts[i] for i in keep[:9]], [names[labels[i]] for i in keep[:9]], fmt="csv")
+    args = ["fit", *tiny_args(tiny_bert, data, tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "the data has 3 classes (business, sport, world)" in err and "set --model.num_classes 3" in err
+    cli_main([*args, "--model.num_classes", "3", "--trainer.max_epochs", "1"])
+    clf = Classifier.from_checkpoint("last", log_root=tmp_path / "lightning_logs")
+    assert {p.label for p in clf.predict(texts[:6])} <= set(names)
