@@ -69,6 +69,9 @@ class BF16Weights(Precision):
                 group["params"] = [master_of.get(id(p), p) for p in group["params"]]
                 for master in group["params"]:
                     master.requires_grad_(True)
+        # from here on a change is an edit: DDP's wrapper broadcast rank 0's weights into every process's bf16
+        # copies after `convert_module`, and those bf16 values must not replace the fp32 masters
+        self._versions = {name: version_of(param) for name, (param, _) in self._masters.items()}
         return super().connect(model, optimizers, lr_schedulers)
 
     def optimizer_step(self, optimizer, model, closure: Callable[[], Any], **kwargs: Any) -> Any:

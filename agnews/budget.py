@@ -15,6 +15,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.utilities import rank_zero_info
 
+from agnews.internals import set_training_length
+
 
 class LinearSchedule:
     """Linear warm-up to the peak rate, then linear decay to zero at `total` steps; resizable while it runs. A
@@ -128,9 +130,7 @@ class TimeBudget(Callback):
         self.plan = Plan(total, val_every, max(1, total // val_every))
         self._next_check = done + max(self.measure, total // 10)
         pl_module.lr_schedule.resize(total, int(pl_module.hparams.warmup_ratio * total))
-        trainer.fit_loop.epoch_loop.max_steps = total
-        trainer.check_val_every_n_epoch = None
-        trainer.val_check_batch = val_every * trainer.accumulate_grad_batches
+        set_training_length(trainer, total, val_every * trainer.accumulate_grad_batches)
         if announce:
             epochs = total * trainer.accumulate_grad_batches / trainer.num_training_batches
             rank_zero_info(

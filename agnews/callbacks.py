@@ -21,6 +21,7 @@ from agnews.errors import AGNewsError, TrainingInterrupted
 from agnews.inference import check_output, quantize_int8, write_predictions
 from agnews.internals import CheckpointHooks
 from agnews.plot import plot_runs
+from agnews.precision import is_bf16
 from agnews.report import build_report, log_to_tensorboard, render_markdown, run_hparams, run_seed
 
 
@@ -293,7 +294,7 @@ class PredictionWriter(BasePredictionWriter):
         self._path = check_output(self.output, self.overwrite)
         if trainer.world_size > 1:
             raise AGNewsError("predict runs in one process; leave --trainer.devices at 1")
-        if self.int8 and "bf16" in str(trainer.precision):
+        if self.int8 and is_bf16(trainer.precision):
             raise AGNewsError(
                 "choose one fast path: --prediction.int8 true with --trainer.precision 32-true, or bf16 alone"
             )

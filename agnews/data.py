@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import lightning as L
 import numpy as np
@@ -28,7 +27,7 @@ from agnews.batching import (
     TokenizedDataset,
 )
 from agnews.errors import AGNewsError
-from agnews.internals import dataset_fingerprint
+from agnews.internals import batches_done_this_epoch, dataset_fingerprint, datasets_offline
 from agnews.precision import eval_batch_size
 from agnews.sources import hub_status
 from agnews.teacher import check_rows, read_teacher, rows_fingerprint
@@ -49,7 +48,7 @@ def _is_classic_csv(folder: Path) -> bool:
     return len(first) == 3 and first[0].strip().isdigit()
 
 
-def load_raw(dataset: str):
+def load_raw(dataset: str, num_classes: int = 4):
     """Return a `datasets.DatasetDict` with `text` and `label` columns, and the class names."""
     import datasets
 
@@ -92,7 +91,7 @@ def load_raw(dataset: str):
                 f"dataset {dataset!r} not found on the Hugging Face hub; check the id or pass a local folder"
             ) from None
         raise
-    return _class_names(raw)
+    return _class_names(raw, num_classes)
 
 
 def _unreachable(dataset: str, why: str) -> AGNewsError:
@@ -109,16 +108,17 @@ def _load_from_hub(dataset: str):
     if online:
         return datasets.load_dataset(dataset)
     # the probe said no: read the local cache only, instead of retrying the network for half a minute
-    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+    with datasets_offline():
         try:
             return datasets.load_dataset(dataset)
         except Exception:
             raise _unreachable(dataset, why) from None
 
 
-def _class_names(raw) -> tuple[Any, list[str]]:
+def _class_names(raw, num_classes: int) -> tuple[Any, list[str]]:
     """The data with integer labels, and their names: a `ClassLabel`'s; text labels' in sorted order (encoded
-    with one mapping for every split); for integers 0..N-1 the AG News names when N is 4, else "0".."N-1"."""
+    with one mapping for every split); for integers 0..N-1 (N: `num_classes`) the AG News names when N is 4,
+    else "0".."N-1"."""
     import datasets
 
     features = [split.features.get("label") for split in raw.values()]
@@ -128,9 +128,9 @@ def _class_names(raw) -> tuple[Any, list[str]]:
     if any(getattr(f, "dtype", None) in ("string", "large_string") for f in features):
         names = sorted({v for split in raw.values() for v in split["label"] if v is not None})
         return raw.cast_column("label", datasets.ClassLabel(names=names)), names
-    values = [v for split in raw.values() for v in split.unique("label") if isinstance(v, int)]
-    count = max(values, default=len(AG_NEWS_CLASSES) - 1) + 1
-    return raw, list(AG_NEWS_CLASSES) if count == len(AG_NEWS_CLASSES) else [str(i) for i in range(count)]
+    if num_classes == len(AG_NEWS_CLASSES):
+        return raw, list(AG_NEWS_CLASSES)
+    return raw, [str(i) for i in range(num_classes)]
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -186,6 +186,7 @@ class AGNewsDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         predict_file: str | None = None,
         teacher: str | None = None,
+        num_classes: int = 4,
     ):
         """
         Args:
@@ -205,12 +206,14 @@ class AGNewsDataModule(L.LightningDataModule):
             teacher: a teacher file for distillation (`python -m agnews.distill teacher`): its logits for every
                 row of this data's train split travel with the training batches; a file made from other rows is
                 refused. None: no teacher (the model's distill_weight is then unused).
+            num_classes: how many classes integer labels (0..N-1) stand for; the CLI links it to
+                `model.num_classes`. Text labels and a `ClassLabel` bring their own.
         """
         super().__init__()
         self.save_hyperparameters()
         if max_length < 2:
             raise AGNewsError(f"max_length={max_length} is too short; use at least 2 (e.g. 128)")
-        self.cache = TokenCache(cache_dir, max_length)
+        self.cache = TokenCache(cache_dir, max_length, num_classes)
         self.class_names: list[str] | None = None
         self.pad_token_id: int | None = None
         self.train_set = self.val_set = self.test_set = self.predict_set = None
@@ -268,7 +271,7 @@ class AGNewsDataModule(L.LightningDataModule):
                 tmp.write_text(json.dumps(noted | fingerprints))
 
     def _load_raw(self, splits: list[str]):
-        raw, class_names = load_raw(self.hparams.dataset)
+        raw, class_names = load_raw(self.hparams.dataset, self.hparams.num_classes)
         # fit needs only train, but the run is tested afterwards: a data set without a test split fails now, not then
         for split in [*splits, *(["test"] if "train" in splits and self._stage() == "fit" else [])]:
             if split not in raw:
@@ -454,7 +457,7 @@ class AGNewsDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {"epoch": 0, "batches": 0}
-        epoch, batches = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch, batches = trainer.current_epoch, batches_done_this_epoch(trainer)
         if batches >= trainer.num_training_batches:  # the epoch is over: the next one starts from its beginning
             epoch, batches = epoch + 1, 0
         return {"epoch": epoch, "batches": batches}

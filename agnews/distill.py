@@ -39,7 +39,7 @@ def make_teacher(
     dataset = dataset or data.get("dataset")
     if not dataset:
         raise AGNewsError(f"checkpoint {path} names no dataset; pass --dataset FOLDER_OR_HUB_ID")
-    raw, class_names = load_raw(dataset)
+    raw, class_names = load_raw(dataset, saved.get("hyper_parameters", {}).get("num_classes", 4))
     if "train" not in raw:
         raise AGNewsError(f"dataset {dataset!r} has no 'train' split to score")
     pool = raw["train"]

@@ -11,9 +11,15 @@ import sys
 from contextlib import contextmanager
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from agnews.internals import version_of
+
+
+@rank_zero_only  # under DDP every process keeps its own rows; one line says what they all do
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def layer_list(base: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
@@ -56,11 +62,9 @@ class FrozenOutputs:
         # the hidden states of every real token, in the weights' precision (bf16 under agnews.bf16_weights)
         need = tokens * model.config.hidden_size * model.get_input_embeddings().weight.element_size()
         if need > budget_gb * 2**30:
-            print(
+            _say(
                 f"agnews: the frozen layers' outputs of these rows take {need / 2**30:.1f} GiB, more than "
-                f"--model.frozen_outputs_gb {budget_gb:g}: they are computed again every epoch",
-                file=sys.stderr,
-                flush=True,
+                f"--model.frozen_outputs_gb {budget_gb:g}: they are computed again every epoch"
             )
             return None
         return cls(model, count, budget_gb * 2**30)
@@ -100,19 +104,20 @@ class FrozenOutputs:
 
     def _keep(self, stage: str, keys: list[bytes], hidden: torch.Tensor, mask: torch.Tensor) -> None:
         rows = self.rows.setdefault(stage, {})
-        kept = hidden.detach()[mask]  # real tokens only, [tokens, dim]
-        for key, row in zip(keys, kept.split(mask.sum(1).tolist()), strict=True):
-            if key not in rows:
-                rows[key] = row
+        kept = hidden.detach()[mask]  # real tokens only, [tokens, dim]: a copy, shared by the batch's rows
+        pieces = kept.split(mask.sum(1).tolist())
+        new = [key not in rows for key in keys]
+        for key, row, is_new in zip(keys, pieces, new, strict=True):
+            if is_new:
+                # views of `kept` pin all of it: where some rows are not kept, the kept ones are copied out
+                rows[key] = row if all(new) else row.clone()
                 self.size += row.numel() * row.element_size()
         if self.size > self.budget:
             self.clear()
             self.enabled = False
-            print(
+            _say(
                 f"agnews: the frozen layers' outputs outgrow --model.frozen_outputs_gb "
-                f"({self.budget / 2**30:g} GiB); they are computed again every epoch",
-                file=sys.stderr,
-                flush=True,
+                f"({self.budget / 2**30:g} GiB); they are computed again every epoch"
             )
 
     @contextmanager

@@ -7,6 +7,7 @@ and dynamic int8 quantization of the linear layers.
 """
 
 import contextlib
+import copy
 import csv
 import json
 import os
@@ -25,6 +26,7 @@ from agnews.batching import PadCollator, SortedBatchSampler, TokenizedDataset, i
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
 from agnews.errors import AGNewsError
 from agnews.first_token import FirstTokenLayer
+from agnews.internals import attention_of
 from agnews.precision import choose, eval_batch_size
 from agnews.texts import encode
 
@@ -84,19 +86,24 @@ class Classifier:
         max_length: int = 128,
         batch_size: int | None = None,
         precision: str = "auto",
+        owned: bool = False,
     ):
         """
         Args:
             model: an `AGNewsClassifier`, or a Hugging Face sequence-classification model.
+            owned: the model is the Classifier's alone (`from_checkpoint`): int8 quantizes it in place instead
+                of a copy.
             batch_size: rows per forward pass; None: the fastest measured for the precision (fp32 and int8 32,
                 bf16 128).
             precision: `auto` (bf16 where the CPU runs it natively, else fp32), `32` (fp32), `bf16` (autocast)
                 or `int8` (dynamic quantization of the linear layers). See docs/performance.md (Inference).
         """
         self.precision = check_precision(precision)
-        self.model = model.eval()
+        if self.precision == "int8" and not owned:
+            model = copy.deepcopy(model)  # quantizing rewrites the layers: the caller's model stays as it was
+        self.model = model
         encoder = getattr(model, "model", model)  # the Hugging Face model inside an AGNewsClassifier
-        use_attention(encoder, "sdpa")  # the fastest evaluation kernel on a CPU
+        self._encoder = encoder
         if self.precision == "int8":
             quantize_int8(encoder)
         # an AGNewsClassifier runs its last layer at the first token itself; a Hugging Face model gets the same here
@@ -123,7 +130,7 @@ class Classifier:
         module = AGNewsClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         names = module.label_names
         kwargs.setdefault("max_length", checkpoint.get("datamodule_hyper_parameters", {}).get("max_length", 128))
-        classifier = cls(module, module.tokenizer, names, **kwargs)
+        classifier = cls(module, module.tokenizer, names, owned=True, **kwargs)
         classifier.checkpoint = path
         return classifier
 
@@ -149,13 +156,26 @@ class Classifier:
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadCollator(self.tokenizer.pad_token_id or 0))
         outputs = []
         last_layer = self.first_token.around() if self.first_token else contextlib.nullcontext()
-        with torch.inference_mode(), autocast(self.precision), last_layer:
+        with torch.inference_mode(), autocast(self.precision), last_layer, self._evaluating():
             for batch in loader:
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 logits = getattr(out, "logits", out)
                 outputs.append({"index": batch["index"], "logits": logits.float()})
         scores[keep] = in_original_order(outputs)["logits"]
         return scores
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """Eval mode and the fastest evaluation kernel on a CPU (SDPA) for one call; a model the caller passed
+        in gets its own mode and kernel back afterwards."""
+        training, attention = self.model.training, attention_of(self._encoder)
+        self.model.eval()
+        use_attention(self._encoder, "sdpa")
+        try:
+            yield
+        finally:
+            use_attention(self._encoder, attention)
+            self.model.train(training)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [self._prediction(row) for row in self.predict_proba(texts)]

@@ -4,6 +4,9 @@ Written against lightning 2.6, transformers 5.24, datasets 4-5 and torch 2.13 (p
 tests/test_internals.py fails if any of these names changes, so an upgrade shows here first.
 """
 
+from contextlib import contextmanager
+from unittest import mock
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -26,6 +29,31 @@ def version_of(tensor) -> int:
     was not modified); torch has no public accessor. agnews.frozen_outputs watches the frozen weights with it,
     agnews.bf16_weights the bf16 weights (an edit made outside the optimizer goes into the fp32 master)."""
     return tensor._version
+
+
+def set_training_length(trainer, max_steps: int, val_every_batches: int) -> None:
+    """Change a running fit's length and validation cadence (agnews.budget). `Trainer(max_steps=...,
+    val_check_interval=...)` fix both before the fit starts; these are the loop's own fields they set (lightning
+    2.6: `fit_loop.epoch_loop.max_steps`, `trainer.val_check_batch`, `check_val_every_n_epoch`), read every batch."""
+    trainer.fit_loop.epoch_loop.max_steps = max_steps
+    trainer.check_val_every_n_epoch = None
+    trainer.val_check_batch = val_every_batches
+
+
+def batches_done_this_epoch(trainer) -> int:
+    """Training batches of the current epoch already run: Lightning's own count (the one its checkpoints save),
+    which `limit_train_batches` and `accumulate_grad_batches` leave right; the Trainer has no public accessor."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+@contextmanager
+def datasets_offline():
+    """`datasets` reading its local cache only: `load_dataset` has no argument for it, and the `HF_HUB_OFFLINE`
+    environment variable is read once at import; its module-level copy is what `load_dataset` checks."""
+    import datasets
+
+    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+        yield
 
 
 def dataset_fingerprint(dataset) -> str:

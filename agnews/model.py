@@ -24,6 +24,7 @@ from agnews.budget import LinearSchedule
 from agnews.errors import AGNewsError
 from agnews.first_token import FirstTokenLayer
 from agnews.frozen_outputs import FrozenOutputs
+from agnews.precision import is_bf16
 from agnews.teacher import distillation_loss
 
 # Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
@@ -251,7 +252,7 @@ class AGNewsClassifier(L.LightningModule):
     def training_attention(self) -> str | None:
         if self.hparams.attention != "auto":
             return self.hparams.attention
-        return "eager" if "bf16" in str(self.trainer.precision) else "sdpa"
+        return "eager" if is_bf16(self.trainer.precision) else "sdpa"
 
     def on_train_start(self) -> None:
         self._use_attention(self.training_attention())

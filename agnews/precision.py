@@ -107,9 +107,10 @@ def _say(message: str) -> None:
         print(f"agnews: {message}", file=sys.stderr, flush=True)
 
 
-def choose(precision, accelerator="cpu", *, fast: str = "bf16-mixed", plain: str = "32-true"):
+def choose(precision, accelerator="cpu", *, fast: str = "bf16-mixed", plain: str = "32-true", fast_on_cpu: str = ""):
     """Resolve `auto` for this machine (one line says what and why); keep a named precision, warning once when
-    it is bf16 on a CPU that only emulates it. `fast`/`plain` name the two choices in the caller's vocabulary."""
+    it is bf16 on a CPU that only emulates it. `fast`/`plain` name the two choices in the caller's vocabulary;
+    `fast_on_cpu` says how the caller runs `fast` on a CPU, for that line."""
     if precision is None or str(precision) == AUTO:
         if not on_cpu(accelerator):  # GPUs: bf16 where the card has it (Ampere and later)
             chosen = fast if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else plain
@@ -118,7 +119,8 @@ def choose(precision, accelerator="cpu", *, fast: str = "bf16-mixed", plain: str
         native, why = cpu_bf16()
         chosen = fast if native else plain
         reason = "native bf16" if native else f"bf16 would be emulated, {emulation_cost()}"
-        _say(f"precision auto -> {chosen} (CPU {cpu().model}: {why}; {reason})")
+        shown = f"{chosen}, {fast_on_cpu}" if native and fast_on_cpu else chosen
+        _say(f"precision auto -> {shown} (CPU {cpu().model}: {why}; {reason})")
         return chosen
     if is_bf16(precision) and on_cpu(accelerator) and not cpu_bf16()[0]:
         _say(

@@ -42,12 +42,14 @@ def read_cache(path: Path) -> dict:
 
 
 class TokenCache:
-    """`<cache_dir>/<split>-<key>.pt`; the key hashes the data, the tokenizer's content, `max_length` and the
-    format. Files are written whole (temp + rename) under a lock, and checked when read."""
+    """`<cache_dir>/<split>-<key>.pt`; the key hashes the data, the tokenizer's content, `max_length`, the number
+    of classes (which names integer labels) and the format. Files are written whole (temp + rename) under a lock,
+    and checked when read."""
 
-    def __init__(self, cache_dir: str, max_length: int):
+    def __init__(self, cache_dir: str, max_length: int, num_classes: int = 4):
         self.root = Path(cache_dir).expanduser()
         self.max_length = max_length
+        self.num_classes = num_classes
 
     def path(self, split: str, data_fingerprint: str, tokenizer_fingerprint: str) -> Path:
         key = json.dumps(
@@ -57,6 +59,7 @@ class TokenCache:
                 "split": split,
                 "tokenizer": tokenizer_fingerprint,
                 "max_length": self.max_length,
+                "num_classes": self.num_classes,
             },
             sort_keys=True,
         )

@@ -31,6 +31,10 @@ EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 PluginInput = Precision | ClusterEnvironment | CheckpointIO | LayerSync | str
 
 
+# the data settings that follow the model's (`link_arguments`): never set on their own
+LINKED = ("tokenizer", "num_classes")
+
+
 class Trainer(L.Trainer):
     """Lightning's Trainer, plus `precision="auto"` (the default): bf16 where the hardware runs it natively
     (on a CPU with the weights kept in bf16 between steps, agnews.bf16_weights), 32-true elsewhere, said in one
@@ -49,7 +53,9 @@ class Trainer(L.Trainer):
         if auto and any(isinstance(p, Precision) for p in plugins):
             precision = None  # the plugin decides
         else:
-            precision = choose(precision, accelerator)
+            precision = choose(
+                precision, accelerator, fast_on_cpu="bf16 weights with fp32 masters (agnews.bf16_weights)"
+            )
             if auto and precision == "bf16-mixed" and on_cpu(accelerator):
                 precision, plugins = None, [*plugins, BF16Weights()]
         super().__init__(*args, accelerator=accelerator, precision=precision, plugins=plugins or None, **kwargs)
@@ -115,6 +121,8 @@ class AGNewsCLI(CLIHooks):
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         # one name for both, so the tokenizer can never disagree with the encoder
         parser.link_arguments("model.backbone", "data.tokenizer")
+        # integer labels stand for as many classes as the head has
+        parser.link_arguments("model.num_classes", "data.num_classes")
         # jsonargparse's own --print_config prints before agnews has chosen anything: this one prints after
         parser.add_argument("--print_config", action="store_true", help="Print the settings that will run, and exit.")
 
@@ -157,11 +165,11 @@ class AGNewsCLI(CLIHooks):
         for part, name in (("model", "backbone"), ("data", "dataset")):
             if config[part][name] == AUTO and f"{part}.{name}" in defaults:  # `auto` written in a config file
                 config[part][name] = defaults[f"{part}.{name}"]
-        config.data.tokenizer = config.model.backbone
+        config.data.tokenizer, config.data.num_classes = config.model.backbone, config.model.num_classes  # links
         inherited = [
             f"{key}={config.data[key]}"
             for key in vars(config.data)
-            if key != "tokenizer" and self._checkpoint is not None and config.data[key] != first.data[key]
+            if key not in LINKED and self._checkpoint is not None and config.data[key] != first.data[key]
         ]
         if inherited:
             print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)
@@ -183,7 +191,7 @@ class AGNewsCLI(CLIHooks):
             ("model", checkpoint.get("hyper_parameters", {})),
             ("data", checkpoint.get("datamodule_hyper_parameters", {})),
         ):
-            defaults |= {f"{part}.{k}": v for k, v in saved.items() if k in vars(first[part]) and k != "tokenizer"}
+            defaults |= {f"{part}.{k}": v for k, v in saved.items() if k in vars(first[part]) and k not in LINKED}
         # a resumed fit also keeps its run's checkpoint rule (monitor, mode, ...), so ModelCheckpoint finds its state
         saved_config = ckpt_path.resolve().parent.parent / "config.yaml"
         if resumes and saved_config.is_file():

@@ -265,12 +265,14 @@ def test_text_labels_become_classes_in_sorted_order_with_one_mapping_for_every_s
     assert test_labels == [2, 1, 2, 1]
 
 
-def test_integer_labels_of_another_count_are_named_by_number(tmp_path, tiny_bert):
+def test_integer_labels_name_as_many_classes_as_the_head_has(tmp_path, tiny_bert):
     folder = tmp_path / "six"
     texts, _ = make_rows(6, seed=0)
     write_split(folder, "train", texts, [i % 6 for i in range(len(texts))])
     write_split(folder, "test", texts[:6], list(range(6)))
-    dm = make_dm(folder, tiny_bert, tmp_path, val_size=6)
+    dm = make_dm(folder, tiny_bert, tmp_path, val_size=6, num_classes=6)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.class_names == ["0", "1", "2", "3", "4", "5"]
+    # the same rows for a 4-class head: label 4 is out of range, said in one line, nothing cached
+    assert_error(make_dm(folder, tiny_bert, tmp_path / "four"), r"label 4.*0\.\.3", tmp_path / "four")

@@ -112,3 +112,31 @@ def test_over_the_budget_it_computes_again_and_says_so(tiny_distilbert, data_dir
 def test_negative_budget_is_refused(tiny_distilbert):
     with pytest.raises(AGNewsError, match="frozen_outputs_gb=-1"):
         AGNewsClassifier(backbone=str(tiny_distilbert), frozen_outputs_gb=-1)
+
+
+def test_only_the_first_process_says_so(tiny_distilbert, capsys, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    model = AGNewsClassifier(backbone=str(tiny_distilbert))
+    ids, mask = padded_batch(model.model.config.vocab_size)
+    for rank, says in ((1, False), (0, True)):
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        kept = FrozenOutputs(model.model, 2, budget_bytes=1000)
+        with kept.around("train", ids, mask):
+            model(ids, mask)
+        assert not kept.enabled
+        assert ("outgrow --model.frozen_outputs_gb" in capsys.readouterr().err) == says
+
+
+def test_kept_rows_hold_only_their_own_memory_when_a_batch_repeats_some(tiny_distilbert):
+    model = AGNewsClassifier(backbone=str(tiny_distilbert))
+    ids, mask = padded_batch(model.model.config.vocab_size)
+    kept = FrozenOutputs(model.model, 2, budget_bytes=2**30)
+    with kept.around("train", ids[:2], mask[:2]):
+        model(ids[:2], mask[:2])
+    with kept.around("train", ids, mask):  # the first two rows again, kept already
+        model(ids, mask)
+    rows = kept.rows["train"]
+    assert len(rows) == len(ids)
+    stored = {row.untyped_storage().data_ptr(): row.untyped_storage().nbytes() for row in rows.values()}
+    assert sum(stored.values()) == kept.size

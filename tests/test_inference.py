@@ -257,3 +257,19 @@ def test_api_small_batches_give_the_same_predictions_in_input_order(classifier, 
     texts = make_rows(70, seed=5)[0] + TEXTS  # more rows than one default batch
     small = Classifier.from_checkpoint(trained.checkpoint, precision="32", batch_size=4)
     torch.testing.assert_close(small.predict_proba(texts), classifier.predict_proba(texts), atol=1e-5, rtol=1e-4)
+
+
+def test_a_model_passed_in_is_left_as_it_was(trained):
+    from agnews.internals import attention_of
+    from agnews.model import AGNewsClassifier
+
+    module = AGNewsClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu", weights_only=True)
+    module.model.set_attn_implementation("eager")
+    module.train()
+    expected = Classifier(module, module.tokenizer, module.label_names, precision="32").predict_proba(TEXTS)
+    assert module.training and attention_of(module.model) == "eager"  # its mode and kernel, back after the call
+    int8 = Classifier(module, module.tokenizer, module.label_names, precision="int8")
+    quantized = int8.predict_proba(TEXTS)
+    assert isinstance(int8.model.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(module.model.classifier) is torch.nn.Linear  # quantized a copy, not the caller's model
+    assert (quantized.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9

@@ -1,6 +1,7 @@
 """The private library names agnews.internals relies on: if an upgrade changes one, this fails first."""
 
 import inspect
+import re
 
 import datasets
 import pytest
@@ -9,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForSequenceClassification
 
 from agnews.internals import attention_of, can_switch_attention, dataset_fingerprint, version_of
+from tests.conftest import ROOT
 
 
 def test_attention_is_read_and_switched(tiny_bert):
@@ -57,3 +59,65 @@ def test_lightning_cli_runs_subcommands_as_written_against():
     from lightning.pytorch.cli import LightningCLI
 
     assert list(inspect.signature(LightningCLI._run_subcommand).parameters) == ["self", "subcommand"]
+
+
+def test_training_length_and_the_epoch_position_are_the_loops_own(tiny_bert, data_dir, tmp_path):
+    import lightning as L
+
+    from agnews.internals import batches_done_this_epoch, set_training_length
+    from tests.test_model import tiny_datamodule
+
+    seen = []
+
+    class Shorten(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(batches_done_this_epoch(trainer))
+            if trainer.global_step == 2:
+                set_training_length(trainer, 5, 3)  # 5 steps in all, validation every 3 batches
+
+    from agnews.model import AGNewsClassifier
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Shorten()],
+        num_sanity_val_steps=0,
+    )
+    validations = []
+    model = AGNewsClassifier(backbone=str(tiny_bert))
+    model.on_validation_epoch_start = lambda: validations.append(trainer.global_step)
+    trainer.fit(model, datamodule=tiny_datamodule(tiny_bert, data_dir, tmp_path))
+    assert trainer.global_step == 5 and seen == [1, 2, 3, 4, 5]
+    assert validations == [3]  # the new cadence (the budget asks for the last step's itself)
+
+
+def test_datasets_offline_reads_the_cache_only():
+    import datasets
+
+    from agnews.internals import datasets_offline
+
+    before = datasets.config.HF_HUB_OFFLINE
+    with datasets_offline():
+        assert datasets.config.HF_HUB_OFFLINE is True
+    assert datasets.config.HF_HUB_OFFLINE == before
+
+
+PRIVATE = re.compile(
+    r"\b(?:fit_loop|epoch_loop|batch_progress|val_check_batch|_attn_implementation|_fingerprint|_version)\b"
+    r"|unittest\.mock|from unittest import mock|\b(?:trainer|model|config|dataset|tensor|param)\._[a-z]\w*"
+)
+
+
+def test_private_library_names_appear_only_in_internals():
+    offenders = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "agnews").rglob("*.py"))
+        if path.name != "internals.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert not offenders, "\n".join(offenders)
