@@ -30,13 +30,8 @@ class SeededShuffle(Sampler[int]):
         return self.num_rows
 
 
-class LengthGroupedBatchSampler(BatchSampler):
-    """Training batches from buckets of similar length, still random and every row once per epoch.
-
-    The inner sampler's order is cut into windows of `batch_size * window_batches` rows; each window is
-    sorted by length and cut into batches; then the order of all batches is shuffled (seeded by the inner
-    sampler's seed and epoch). A `DistributedSampler` works as the inner sampler too.
-    """
+class _ByLength(BatchSampler):
+    """A batch sampler that knows each row's length (tokens), to batch similar lengths together."""
 
     def __init__(
         self,
@@ -44,10 +39,21 @@ class LengthGroupedBatchSampler(BatchSampler):
         batch_size: int,
         drop_last: bool = False,
         lengths: Sequence[int] | torch.Tensor = (),
-        window_batches: int = 50,
     ):
         super().__init__(sampler, batch_size, drop_last)
         self.lengths = torch.as_tensor(lengths)
+
+
+class LengthGroupedBatchSampler(_ByLength):
+    """Training batches from buckets of similar length, still random and every row once per epoch.
+
+    The inner sampler's order is cut into windows of `batch_size * window_batches` rows; each window is
+    sorted by length and cut into batches; then the order of all batches is shuffled (seeded by the inner
+    sampler's seed and epoch). A `DistributedSampler` works as the inner sampler too.
+    """
+
+    def __init__(self, *args, window_batches: int = 50, **kwargs):
+        super().__init__(*args, **kwargs)
         self.window_batches = window_batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -76,19 +82,9 @@ class LengthGroupedBatchSampler(BatchSampler):
         return full * per_window + -(-rest // self.batch_size)
 
 
-class SortedBatchSampler(BatchSampler):
+class SortedBatchSampler(_ByLength):
     """Evaluation batches of the sampler's rows sorted longest first: least padding, and the memory peak
     comes at once, not late. Each batch carries its row positions, so results can be put back in order."""
-
-    def __init__(
-        self,
-        sampler: Sampler[int],
-        batch_size: int,
-        drop_last: bool = False,
-        lengths: Sequence[int] | torch.Tensor = (),
-    ):
-        super().__init__(sampler, batch_size, drop_last)
-        self.lengths = torch.as_tensor(lengths)
 
     def __iter__(self) -> Iterator[list[int]]:
         rows = torch.tensor(list(self.sampler), dtype=torch.long)
