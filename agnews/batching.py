@@ -52,8 +52,17 @@ class LengthGroupedBatchSampler(_ByLength):
     sampler's seed and epoch). A `DistributedSampler` works as the inner sampler too.
     """
 
-    def __init__(self, *args, window_batches: int = 50, **kwargs):
-        super().__init__(*args, **kwargs)
+    # the arguments spelled out: under DDP Lightning builds the batch sampler again from its __init__'s parameter
+    # names, with a DistributedSampler as `sampler`
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool = False,
+        lengths: Sequence[int] | torch.Tensor = (),
+        window_batches: int = 50,
+    ):
+        super().__init__(sampler, batch_size, drop_last, lengths)
         self.window_batches = window_batches
 
     def __iter__(self) -> Iterator[list[int]]:
