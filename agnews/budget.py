@@ -114,8 +114,9 @@ class TimeBudget(Callback):
         done = trainer.global_step
         if self.plan is not None and self.plan.total_steps - done < self.measure:
             return  # the last few steps: nothing left to correct
-        # a reserve of 2% (at least a few steps): the plan must end before Lightning's Timer cuts it mid-decay
-        reserve = max(0.02 * self._budget, 3 * step_seconds)
+        # a reserve of 2% (at least a few steps, and half a second for a checkpoint write or a collector pause): the
+        # plan must end before Lightning's Timer cuts it mid-decay
+        reserve = max(0.02 * self._budget, 3 * step_seconds, 0.5)
         left = self._budget - (time.perf_counter() - self._started) - reserve
         if self.plan is None:
             first = plan(left, step_seconds, self._val_seconds, None, self.validations)
