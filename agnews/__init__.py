@@ -4,11 +4,11 @@ import importlib
 
 # Imported on first use, so `from agnews.inference import Classifier` does not load the training DataModule.
 _EXPORTS = {
-    "AG_NEWS_CLASSES": "agnews.data",
-    "AGNewsDataModule": "agnews.data",
-    "AGNewsClassifier": "agnews.model",
+    "AG_NEWS_CLASSES": "agnews.data.datamodule",
+    "AGNewsDataModule": "agnews.data.datamodule",
+    "AGNewsClassifier": "agnews.modeling.module",
     "AGNewsError": "agnews.errors",
-    "Classifier": "agnews.inference",
+    "Classifier": "agnews.inference.classifier",
 }
 __all__ = list(_EXPORTS)
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from agnews.errors import AGNewsError
+from agnews.hashing import sha256
 
 DEFAULT_OUTPUT = "teacher.parquet"
 
@@ -27,11 +28,10 @@ def make_teacher(
 ) -> Path:
     import torch
 
-    from agnews.backbone import sha256_of
     from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
-    from agnews.data import load_raw
+    from agnews.data.datamodule import load_raw
+    from agnews.data.teacher import rows_fingerprint, write_teacher
     from agnews.inference import Classifier
-    from agnews.teacher import rows_fingerprint, write_teacher
 
     path = find_checkpoint(LOG_ROOT, ckpt_path)
     saved = read_checkpoint(path)
@@ -60,7 +60,7 @@ def make_teacher(
     hp = saved.get("hyper_parameters", {})
     meta = {
         "rows": rows_fingerprint(texts, labels),
-        "teacher": sha256_of(Path(path)),
+        "teacher": sha256(Path(path)),
         "checkpoint": Path(path).name,
         "backbone": hp.get("backbone"),
         "dataset": str(dataset),

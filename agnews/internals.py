@@ -1,6 +1,6 @@
 """The one place where agnews uses private names of its libraries, for what they offer no public way to do.
 
-Written against lightning 2.6, transformers 5.24, datasets 4-5 and torch 2.13 (pyproject pins lightning to 2.6.x);
+Checked against lightning 2.6.6, transformers 5.25, datasets 5.2 and torch 2.13 (pyproject pins lightning to 2.6.x);
 tests/test_internals.py fails if any of these names changes, so an upgrade shows here first.
 """
 
@@ -19,20 +19,20 @@ def attention_of(model) -> str | None:
 def can_switch_attention(model) -> bool:
     """False for encoders written before transformers' attention interface (MPNet): they keep their one
     attention, and `set_attn_implementation` would only warn. transformers decides by reading the source of the
-    model's module; for agnews' mean-pooled subclasses (agnews.pooling) the stock class's module is the one to read."""
+    model's module; for agnews' mean-pooled subclasses (agnews.modeling.pooling) the stock class's module is the one to read."""
     stock = next((c for c in type(model).__mro__ if c.__module__.startswith("transformers.models.")), type(model))
     return bool(stock._can_set_attn_implementation())
 
 
 def version_of(tensor) -> int:
     """A tensor's version counter, which every in-place change moves (autograd's own check that a saved tensor
-    was not modified); torch has no public accessor. agnews.frozen_outputs watches the frozen weights with it,
-    agnews.bf16_weights the bf16 weights (an edit made outside the optimizer goes into the fp32 master)."""
+    was not modified); torch has no public accessor. agnews.modeling.frozen_outputs watches the frozen weights with it,
+    agnews.training.bf16_weights the bf16 weights (an edit made outside the optimizer goes into the fp32 master)."""
     return tensor._version
 
 
 def set_training_length(trainer, max_steps: int, val_every_batches: int) -> None:
-    """Change a running fit's length and validation cadence (agnews.budget). `Trainer(max_steps=...,
+    """Change a running fit's length and validation cadence (agnews.training.budget). `Trainer(max_steps=...,
     val_check_interval=...)` fix both before the fit starts; these are the loop's own fields they set (lightning
     2.6: `fit_loop.epoch_loop.max_steps`, `trainer.val_check_batch`, `check_val_every_n_epoch`), read every batch."""
     trainer.fit_loop.epoch_loop.max_steps = max_steps
@@ -62,7 +62,7 @@ def dataset_fingerprint(dataset) -> str:
 
 
 class CheckpointHooks(ModelCheckpoint):
-    """ModelCheckpoint's private steps under public names, for agnews.callbacks.SafeCheckpoint: Lightning
+    """ModelCheckpoint's private steps under public names, for agnews.training.checkpointing.SafeCheckpoint: Lightning
     2.6 has no public way to write `last.ckpt` outside its top-k bookkeeping, nor to catch a failed write."""
 
     def write(self, trainer, filepath: str) -> None:

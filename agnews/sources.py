@@ -27,7 +27,7 @@ PROBE_SECONDS = 3.0
 # --data.val_size 0.1` for all of them); the offline path trains MiniLM on the whole bundled pool, with the
 # learning rate of its recipe (configs/recipe-minilm.yaml) and first-token pooling: at the default's 2 epochs with
 # 2 frozen layers it matches the recipe's mean pooling on the test split (two seeds) and, its last layer computed
-# at that token alone (agnews.first_token), `make fit` takes 18% less time (docs/performance.md).
+# at that token alone (agnews.modeling.first_token), `make fit` takes 18% less time (docs/performance.md).
 HUB_MODEL = {"backbone": HUB_BACKBONE, "learning_rate": 5e-5, "pooling": "cls"}
 HUB_DATA = {"dataset": HUB_DATASET, "train_size": 6000, "val_size": 1000}
 OFFLINE_MODEL = {"backbone": OFFLINE_BACKBONE, "learning_rate": 1e-4, "pooling": "cls"}

@@ -12,17 +12,19 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins import CheckpointIO, LayerSync, Precision
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from agnews.backbone import CHECKPOINT_FILES_KEY, files_to_folder
-from agnews.bf16_weights import BF16Weights
-from agnews.budget import TimeBudget
-from agnews.callbacks import EpochEstimate, FitSummary, PredictionWriter, SafeCheckpoint, TestReport
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint, runs
-from agnews.data import AGNewsDataModule
+from agnews.data.datamodule import AGNewsDataModule
 from agnews.errors import AGNewsError, TrainingInterrupted
+from agnews.inference.writer import PredictionWriter
 from agnews.internals import CLIHooks
-from agnews.model import AGNewsClassifier
+from agnews.modeling.backbone import CHECKPOINT_FILES_KEY, files_to_folder
+from agnews.modeling.module import AGNewsClassifier
 from agnews.precision import AUTO, choose, on_cpu
 from agnews.sources import choose_defaults
+from agnews.training.bf16_weights import BF16Weights
+from agnews.training.budget import TimeBudget
+from agnews.training.callbacks import EpochEstimate, FitSummary, TestReport
+from agnews.training.checkpointing import SafeCheckpoint
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
@@ -37,7 +39,7 @@ LINKED = ("tokenizer", "num_classes")
 
 class Trainer(L.Trainer):
     """Lightning's Trainer, plus `precision="auto"` (the default): bf16 where the hardware runs it natively
-    (on a CPU with the weights kept in bf16 between steps, agnews.bf16_weights), 32-true elsewhere, said in one
+    (on a CPU with the weights kept in bf16 between steps, agnews.training.bf16_weights), 32-true elsewhere, said in one
     line. A named precision or precision plugin is passed on as it is (`bf16-mixed`: Lightning's own autocast)."""
 
     def __init__(
@@ -54,7 +56,7 @@ class Trainer(L.Trainer):
             precision = None  # the plugin decides
         else:
             precision = choose(
-                precision, accelerator, fast_on_cpu="bf16 weights with fp32 masters (agnews.bf16_weights)"
+                precision, accelerator, fast_on_cpu="bf16 weights with fp32 masters (agnews.training.bf16_weights)"
             )
             if auto and precision == "bf16-mixed" and on_cpu(accelerator):
                 precision, plugins = None, [*plugins, BF16Weights()]

@@ -6,7 +6,7 @@
 
 For each budget, three ways to spend it, each the product's own CLI (`fit`, then `test` of the run's kept
 checkpoint on the official test split):
-  (a) agnews:   fit --trainer.max_time B                  (agnews.budget sizes the schedule to the budget, and
+  (a) agnews:   fit --trainer.max_time B                  (agnews.training.budget sizes the schedule to the budget, and
                 the run keeps its best val_acc checkpoint, a tie the later one)
   (b) stock:    fit --trainer.max_time B --trainer.max_epochs 2 --checkpoint.monitor val_loss, the budget callback
                 off: Lightning's Timer stops the default 2-epoch schedule wherever it is, the default rule keeps
@@ -48,8 +48,8 @@ def hms(minutes: float) -> str:
 
 
 def run(flags: list[str], budget_callback: bool = True) -> dict:
-    from agnews.budget import TimeBudget
     from agnews.train import cli_main
+    from agnews.training.budget import TimeBudget
 
     clock = TrainClock()
     root = tempfile.mkdtemp(prefix="agnews-budget-")

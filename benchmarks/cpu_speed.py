@@ -52,7 +52,7 @@ def backbone_path(name: str) -> str:
         return name
     from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
 
-    from agnews.backbone import cache_root, resolve
+    from agnews.modeling.backbone import cache_root, resolve
 
     folder = cache_root() / "bench" / DISTILBERT_SHAPED
     if not (folder / "model.safetensors").is_file():
@@ -71,18 +71,17 @@ def split_rows(args):
     """Training rows and test rows, as agnews's DataModule picks them."""
     import datasets
 
-    from agnews.data import stratified_take
+    from agnews.data.splits import stratified_split
 
     raw = datasets.load_dataset(args.data)
     labels = np.asarray(raw["train"]["label"])
-    generator = torch.Generator().manual_seed(42)
-    _, train_rows = stratified_take(labels, 0.1, generator, "val_size")
+    _, train_rows = stratified_split(labels, 0.1, 42, "val_size")
     if args.subset:
-        train_rows = train_rows[stratified_take(labels[train_rows], args.subset, generator, "train_size")[0]]
+        train_rows = train_rows[stratified_split(labels[train_rows], args.subset, 42, "train_size")[0]]
     test_rows = np.arange(len(raw["test"]))
     if args.subset:
         test_labels = np.asarray(raw["test"]["label"])
-        test_rows = stratified_take(test_labels, args.subset, torch.Generator().manual_seed(42), "test_size")[0]
+        test_rows = stratified_split(test_labels, args.subset, 42, "test_size")[0]
     return raw, train_rows, test_rows
 
 
@@ -100,7 +99,7 @@ def run_hf(args, tuned: bool) -> dict:
         TrainingArguments,
     )
 
-    from agnews.backbone import resolve
+    from agnews.modeling.backbone import resolve
 
     raw, train_rows, test_rows = split_rows(args)
     from agnews.precision import cpu_bf16
@@ -198,7 +197,7 @@ def run_agnews(args) -> dict:
     """The product as a user runs it: `python -m agnews.train fit --test true` (cli_main is that command), with
     its defaults, logger, checkpoints, progress bar and callbacks; only the rows, the learning rate, the batch
     sizes and the encoder are the benchmark's. Training time is fit's wall clock less its validation passes."""
-    from agnews.backbone import load_tokenizer
+    from agnews.modeling.backbone import load_tokenizer
     from agnews.train import cli_main
 
     raw, train_rows, test_rows = split_rows(args)
@@ -247,13 +246,14 @@ def flops_per_sample(backbone: str, tokens: float, agnews_model: dict) -> dict[s
     """Matrix-product FLOPs per sample (2 per weight per token forward, 6 trained: backward is ~2x forward;
     the embeddings are lookups). `train`/`eval`: every layer trained and at every token, as a plain fine-tune
     runs. `train_run`/`eval_run`: what agnews's defaults run: the frozen lowest layers forward only, and a
-    first-token head's last layer at every token only for its keys and values (agnews.first_token)."""
+    first-token head's last layer at every token only for its keys and values (agnews.modeling.first_token)."""
     import inspect
 
     from transformers import AutoModel
 
-    from agnews.backbone import resolve
-    from agnews.model import AGNewsClassifier, layer_depth
+    from agnews.modeling.backbone import resolve
+    from agnews.modeling.module import AGNewsClassifier
+    from agnews.modeling.optim import layer_depth
 
     defaults = {k: v.default for k, v in inspect.signature(AGNewsClassifier.__init__).parameters.items()}
     options = {**defaults, **agnews_model}

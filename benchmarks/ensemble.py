@@ -20,13 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agnews.checkpoints import read_checkpoint  # noqa: E402
-from agnews.data import load_raw, stratified_take  # noqa: E402
+from agnews.data.loading import load_raw  # noqa: E402
+from agnews.data.splits import stratified_split  # noqa: E402
 from agnews.inference import Classifier  # noqa: E402
 
 
@@ -46,8 +46,7 @@ def main() -> None:
         sys.exit("ensemble.py: the checkpoints hold out different validation rows (data.seed / data.val_size differ)")
     raw, _ = load_raw(args.data)
     train_texts, train_labels = list(raw["train"]["text"]), np.asarray(raw["train"]["label"])
-    generator = torch.Generator().manual_seed(settings["seed"])
-    val_rows, train_rows = stratified_take(train_labels, settings["val_size"], generator, "val_size")
+    val_rows, train_rows = stratified_split(train_labels, settings["val_size"], settings["seed"], "val_size")
     splits = {
         "val": ([train_texts[i] for i in val_rows], train_labels[val_rows]),
         "test": (list(raw["test"]["text"]), np.asarray(raw["test"]["label"])),

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agnews.data import load_raw  # noqa: E402
+from agnews.data.loading import load_raw  # noqa: E402
 from agnews.export import export  # noqa: E402
 from agnews.inference import Classifier  # noqa: E402
 from agnews.precision import cpu_bf16  # noqa: E402

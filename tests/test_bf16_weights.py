@@ -7,17 +7,17 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
-from agnews.bf16_weights import BF16Weights
 from agnews.checkpoints import read_checkpoint
-from agnews.model import AGNewsClassifier
+from agnews.modeling.module import AGNewsClassifier
 from agnews.precision import CPU
 from agnews.train import Trainer, cli_main
+from agnews.training.bf16_weights import BF16Weights
 from tests.conftest import fit_args
 from tests.test_capabilities import env
 from tests.test_model import tiny_datamodule
 from tests.test_reliability import fit_with_signal
 
-PLUGIN = ("--trainer.plugins", "agnews.bf16_weights.BF16Weights")  # on any CPU, native bf16 or not
+PLUGIN = ("--trainer.plugins", "agnews.training.bf16_weights.BF16Weights")  # on any CPU, native bf16 or not
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from agnews import budget as budget_module
-from agnews.budget import LinearSchedule, TimeBudget, plan
 from agnews.train import cli_main
+from agnews.training import budget as budget_module
+from agnews.training.budget import LinearSchedule, TimeBudget, plan
 from tests.conftest import fit_args
 
 

@@ -68,7 +68,7 @@ def case_run(request, monkeypatch, tmp_path, data_dir, tiny_teacher):
     encoder = request.getfixturevalue(fixture)
     online = case == "hub-default"
     status = (True, "the hub answered (test)") if online else (False, "the hub is unreachable (test)")
-    for where in ("agnews.sources", "agnews.backbone", "agnews.data"):
+    for where in ("agnews.sources", "agnews.modeling.backbone", "agnews.data.loading"):
         monkeypatch.setattr(f"{where}.hub_status", lambda: status)
     monkeypatch.setattr(sources, "HUB_MODEL", {**sources.HUB_MODEL, "backbone": str(encoder)})
     monkeypatch.setattr(sources, "HUB_DATA", {"dataset": str(data_dir), "train_size": 96, "val_size": 32})

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from agnews.data import AG_NEWS_CLASSES, AGNewsDataModule, stratified_take
+from agnews.data.datamodule import AGNewsDataModule
+from agnews.data.loading import AG_NEWS_CLASSES
+from agnews.data.splits import stratified_split
 from agnews.errors import AGNewsError
 from tests.conftest import make_rows, write_split
 
@@ -111,14 +113,22 @@ def test_train_size_subset_is_stratified(data_dir, tiny_bert, tmp_path):
     assert Counter(labels) == {0: 15, 1: 15, 2: 15, 3: 15}
 
 
-def test_stratified_take_keeps_proportions_with_rounding():
+def test_stratified_split_keeps_proportions_with_rounding_and_is_seeded():
     labels = np.array([0] * 70 + [1] * 20 + [2] * 10)
-    taken, rest = stratified_take(labels, 15, torch.Generator().manual_seed(0), "val_size")
-    assert len(taken) == 15 and len(rest) == 85
+    taken, rest = stratified_split(labels, 15, 0, "val_size")
+    assert len(taken) == 15 and len(rest) == 85 and sorted([*taken, *rest]) == list(range(100))
     counts = Counter(labels[taken].tolist())
     assert counts[0] in (10, 11) and counts[1] == 3 and counts[2] in (1, 2)
+    assert (stratified_split(labels, 15, 0, "val_size")[0] == taken).all()
+    assert (stratified_split(labels, 15, 1, "val_size")[0] != taken).any()
     with pytest.raises(AGNewsError, match="val_size"):
-        stratified_take(labels, 100, torch.Generator(), "val_size")
+        stratified_split(labels, 100, 0, "val_size")
+
+
+def test_a_split_that_cannot_hold_every_class_is_a_clear_error():
+    labels = np.array([0] * 20 + [1] * 20 + [2])  # class 2 has one row: it cannot be on both sides
+    with pytest.raises(AGNewsError, match=r"val_size=4 cannot split 41 rows of 3 classes .*give each class more rows"):
+        stratified_split(labels, 4, 0, "val_size")
 
 
 def test_batches_are_padded_to_their_own_longest_row(data_dir, tiny_bert, tmp_path):
@@ -160,7 +170,7 @@ def test_classic_headerless_csv(tmp_path, tiny_bert):
     dm.setup("test")
     assert dm.class_names == AG_NEWS_CLASSES
     assert sorted(set(dm.test_set.labels.tolist())) == [2, 3]
-    from agnews.data import load_raw
+    from agnews.data.loading import load_raw
 
     raw, _ = load_raw(str(folder))
     assert raw["train"][0] == {"text": "Fears for pension Unions said today", "label": 2}

@@ -1,4 +1,4 @@
-"""Distillation: the teacher file (agnews.distill, agnews.teacher), the mixed loss (agnews.model), and a
+"""Distillation: the teacher file (agnews.distill, agnews.data.teacher), the mixed loss (agnews.modeling.module), and a
 distilled fit, resume and DDP run."""
 
 import hashlib
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from agnews.checkpoints import read_checkpoint
+from agnews.data.teacher import read_teacher, rows_fingerprint, write_teacher
 from agnews.distill import main as distill_main
 from agnews.inference import Classifier
-from agnews.teacher import read_teacher, rows_fingerprint, write_teacher
 from agnews.train import cli_main
 from tests.conftest import ROOT, fit_args, make_rows, write_split
 
@@ -70,7 +70,7 @@ def test_making_a_teacher_refuses_bad_rows_and_never_leaves_a_half_written_file(
 
 
 def test_the_distillation_loss_equals_a_hand_computed_value(tiny_bert):
-    from agnews.model import AGNewsClassifier
+    from agnews.modeling.module import AGNewsClassifier
 
     model = AGNewsClassifier(str(tiny_bert), distill_weight=0.25, distill_temperature=2.0)
     student = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.1, 0.2, 0.3, 0.4]])
@@ -93,7 +93,7 @@ def test_the_distillation_loss_equals_a_hand_computed_value(tiny_bert):
         / 2
     )
     model.log = lambda *args, **kwargs: None  # outside a Trainer
-    model.forward = lambda input_ids, attention_mask: student
+    model.forward = lambda input_ids, attention_mask, stage=None: student
     batch = {"input_ids": None, "attention_mask": None, "labels": labels, "teacher_logits": teacher}
     loss, _ = model._step(batch, "train", model.train_acc)
     assert float(loss) == pytest.approx(0.75 * ce + 0.25 * kd, rel=1e-6)

@@ -33,6 +33,6 @@ def test_the_readmes_links_and_images_exist():
 
 def test_the_design_page_names_every_module():
     design = (ROOT / "docs" / "design.md").read_text()
-    for path in sorted((ROOT / "agnews").glob("*.py")):
+    for path in sorted((ROOT / "agnews").rglob("*.py")):
         if path.stem != "__init__":
-            assert f"`{path.stem}`" in design and path.name in design, path.name
+            assert f"`{path.relative_to(ROOT)}`" in design, path.relative_to(ROOT)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, RobertaConfig, XLMRobertaConfig
 
-from agnews.first_token import LAYERS, FirstTokenLayer
-from agnews.model import AGNewsClassifier
+from agnews.modeling.first_token import LAYERS, FirstTokenLayer
+from agnews.modeling.module import AGNewsClassifier
 from tests.test_frozen_outputs import padded_batch
 
 ENCODERS = ["tiny_distilbert", "tiny_bert", "tiny_mpnet"]
@@ -14,8 +14,8 @@ ENCODERS = ["tiny_distilbert", "tiny_bert", "tiny_mpnet"]
 def forward_both(model: AGNewsClassifier, ids, mask):
     """Logits and trained weights' gradients with the last layer at the first token (the product) and whole."""
     results = []
-    for first_token in (model.first_token, None):
-        model.first_token = first_token
+    for first_token in (model.fast.first_token, None):
+        model.fast.first_token = first_token
         model.zero_grad()
         logits = model(ids, mask)
         logits.pow(2).sum().backward()
@@ -28,7 +28,7 @@ def forward_both(model: AGNewsClassifier, ids, mask):
 @pytest.mark.parametrize("attention", [None, "eager"])  # None: SDPA where the encoder has it
 def test_first_token_layer_gives_the_full_forward_and_backward(encoder, attention, request):
     model = AGNewsClassifier(backbone=str(request.getfixturevalue(encoder)), attention=attention)
-    assert model.first_token is not None  # the default head (pooling cls) of every bundled architecture
+    assert model.fast.first_token is not None  # the default head (pooling cls) of every bundled architecture
     ids, mask = padded_batch(model.model.config.vocab_size)
     (logits, grads), (full_logits, full_grads) = forward_both(model, ids, mask)
     assert torch.allclose(logits, full_logits, atol=1e-6)
@@ -42,15 +42,15 @@ def test_first_token_layer_gives_the_full_forward_and_backward(encoder, attentio
     model.eval()
     with torch.inference_mode():
         evaluated = model(ids, mask)
-        model.first_token = None
+        model.fast.first_token = None
         assert torch.allclose(evaluated, model(ids, mask), atol=1e-6)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_first_token_layer_only_for_first_token_heads(encoder, request):
     model = AGNewsClassifier(backbone=str(request.getfixturevalue(encoder)), pooling="mean")
-    assert model.first_token is None  # a mean-pooled head reads every row of the last layer
-    layer = AGNewsClassifier(backbone=str(request.getfixturevalue(encoder))).first_token.layer
+    assert model.fast.first_token is None  # a mean-pooled head reads every row of the last layer
+    layer = AGNewsClassifier(backbone=str(request.getfixturevalue(encoder))).fast.first_token.layer
     assert "forward" not in vars(layer)  # outside a forward pass the layer is its stock self
 
 
@@ -85,6 +85,6 @@ def test_first_token_layer_trains_and_evaluates_with_dropout(tiny_distilbert):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.eval()
     copy_ = copy.deepcopy(model)  # the layer it drives is the copy's own
-    assert copy_.first_token.layer is copy_.model.distilbert.transformer.layer[-1]
-    copy_.first_token = None
+    assert copy_.fast.first_token.layer is copy_.model.distilbert.transformer.layer[-1]
+    copy_.fast.first_token = None
     assert torch.allclose(model(ids, mask), copy_(ids, mask), atol=1e-6)

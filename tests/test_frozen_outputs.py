@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from agnews.errors import AGNewsError
-from agnews.frozen_outputs import FrozenOutputs
-from agnews.model import AGNewsClassifier
+from agnews.modeling.frozen_outputs import FrozenOutputs
+from agnews.modeling.module import AGNewsClassifier
 from tests.test_model import StepLosses, fit_tiny, tiny_datamodule
 
 
@@ -82,13 +82,13 @@ def test_fit_reuses_the_first_epochs_outputs_with_the_same_results(tiny_distilbe
     validation batch from epoch 1's kept outputs, and train step for step as computing them again does."""
     reused, reused_val, model = fit_losses(tiny_distilbert, data_dir, tmp_path / "reused")
     # 128 training rows in 8 batches, 32 validation rows in 1 batch (the sanity check fills it first)
-    assert model.frozen_outputs.reused == 2 * 8 + 3 and not model.frozen_outputs.rows  # emptied when fit ends
+    assert model.fast.frozen_outputs.reused == 2 * 8 + 3 and not model.fast.frozen_outputs.rows  # emptied when fit ends
     L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
         model, datamodule=tiny_datamodule(tiny_distilbert, data_dir, tmp_path / "again")
     )
-    assert model.frozen_outputs is None  # fitted again for one epoch: nothing kept from the fit before
+    assert model.fast.frozen_outputs is None  # fitted again for one epoch: nothing kept from the fit before
     computed, computed_val, model = fit_losses(tiny_distilbert, data_dir, tmp_path / "computed", frozen_outputs_gb=0)
-    assert model.frozen_outputs is None
+    assert model.fast.frozen_outputs is None
     assert len(reused) == len(computed) == 24
     assert reused == pytest.approx(computed, abs=1e-5) and reused_val == pytest.approx(computed_val, abs=1e-5)
 
@@ -96,7 +96,7 @@ def test_fit_reuses_the_first_epochs_outputs_with_the_same_results(tiny_distilbe
 def test_over_the_budget_it_computes_again_and_says_so(tiny_distilbert, data_dir, tmp_path, capsys):
     # sized before the fit starts, from the rows' token counts: 160 rows x ~10 tokens x 32 floats
     losses, _, model = fit_losses(tiny_distilbert, data_dir, tmp_path, frozen_outputs_gb=1e-5)
-    assert model.frozen_outputs is None and len(losses) == 24
+    assert model.fast.frozen_outputs is None and len(losses) == 24
     err = capsys.readouterr().err
     assert "more than --model.frozen_outputs_gb 1e-05: they are computed again every epoch" in err
     # and, where no size was known beforehand, once the kept outputs outgrow it

@@ -161,11 +161,11 @@ def test_api_on_a_hugging_face_model_runs_its_last_layer_at_the_first_token(clas
     expected = classifier.predict_proba(TEXTS)
     names, length = classifier.class_names, classifier.max_length
     model = Classifier(classifier.model.model, classifier.tokenizer, names, max_length=length, precision="32")
-    assert model.first_token is not None and classifier.first_token is None  # the module runs its own
+    assert classifier.fast is classifier.model.fast and model.fast is not classifier.fast  # the module's own
     torch.testing.assert_close(model.predict_proba(TEXTS), expected, atol=1e-5, rtol=1e-4)
-    model.first_token = None  # the whole last layer: the same probabilities
+    model.fast.first_token = None  # the whole last layer: the same probabilities
     torch.testing.assert_close(model.predict_proba(TEXTS), expected, atol=1e-5, rtol=1e-4)
-    assert "forward" not in vars(classifier.model.first_token.layer)
+    assert "forward" not in vars(classifier.model.fast.first_token.layer)
 
 
 def test_api_best_last_and_errors(trained):
@@ -261,7 +261,7 @@ def test_api_small_batches_give_the_same_predictions_in_input_order(classifier, 
 
 def test_a_model_passed_in_is_left_as_it_was(trained):
     from agnews.internals import attention_of
-    from agnews.model import AGNewsClassifier
+    from agnews.modeling.module import AGNewsClassifier
 
     module = AGNewsClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu", weights_only=True)
     module.model.set_attn_implementation("eager")

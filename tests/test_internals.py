@@ -75,7 +75,7 @@ def test_training_length_and_the_epoch_position_are_the_loops_own(tiny_bert, dat
             if trainer.global_step == 2:
                 set_training_length(trainer, 5, 3)  # 5 steps in all, validation every 3 batches
 
-    from agnews.model import AGNewsClassifier
+    from agnews.modeling.module import AGNewsClassifier
 
     trainer = L.Trainer(
         accelerator="cpu",

@@ -5,10 +5,11 @@ import lightning as L
 import pytest
 import torch
 
-from agnews.data import AGNewsDataModule
+from agnews.data.datamodule import AGNewsDataModule
 from agnews.errors import AGNewsError
 from agnews.internals import attention_of
-from agnews.model import AGNewsClassifier, weight_decay_groups
+from agnews.modeling.module import AGNewsClassifier
+from agnews.modeling.optim import weight_decay_groups
 
 
 def test_weight_decay_excludes_biases_and_every_norm_by_kind(tiny_distilbert):
@@ -209,7 +210,7 @@ def test_training_attention_and_evaluation_attention(attention, precision, train
 
 
 def test_layer_decay_scales_learning_rates_from_the_head_down(tiny_bert):
-    from agnews.model import parameter_groups
+    from agnews.modeling.optim import parameter_groups
 
     model = AGNewsClassifier(backbone=str(tiny_bert), freeze_embeddings=False, freeze_layers=0)
     groups = parameter_groups(model.model, 0.01, 1e-3, layer_decay=0.5)
@@ -311,7 +312,7 @@ def test_mean_pooling_is_refused_for_an_architecture_without_a_mean_head(tmp_pat
 def test_layer_decay_is_refused_where_layers_are_named_otherwise():
     from types import SimpleNamespace
 
-    from agnews.model import parameter_groups
+    from agnews.modeling.optim import parameter_groups
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))  # layers named "0.", "1."
     model.config = SimpleNamespace(num_hidden_layers=2)
@@ -325,7 +326,7 @@ def test_the_fused_adamw_trains_as_torchs_reference_adamw(tiny_bert, data_dir, t
     single-tensor AdamW (its CPU default) over the same steps, within float tolerance."""
     import copy
 
-    from agnews.model import parameter_groups
+    from agnews.modeling.optim import parameter_groups
 
     trainer, fitted, _ = fit_tiny(tiny_bert, data_dir, tmp_path, max_steps=2, logger=False, enable_checkpointing=False)
     assert trainer.optimizers[0].defaults["fused"] is True  # what fit runs on a CPU

@@ -1,8 +1,9 @@
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from agnews.plot import main, read_run
+from agnews.plot import main
 from agnews.train import cli_main
+from agnews.training.curves import read_run
 from tests.test_train import tiny_args
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from agnews import precision
-from agnews.inference import check_precision
+from agnews.inference.classifier import check_precision
 from agnews.precision import CPU, choose
 
 ZEN4_FLAGS = "fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16"

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from agnews.checkpoints import read_checkpoint
-from agnews.data import AGNewsDataModule
-from agnews.token_cache import read_cache
+from agnews.data.datamodule import AGNewsDataModule
+from agnews.data.token_cache import read_cache
 from agnews.train import cli_main
 from tests.conftest import ROOT, callback_config, fit_args
 
@@ -80,7 +80,7 @@ def test_signal_saves_last_and_resume_matches_an_uninterrupted_run(
         common += ("--model.frozen_outputs_gb", "0")
     metric_tolerance, weight_tolerance = (1e-5, 1e-4) if kept else (1e-6, 1e-6)
     reference = cli_main(["fit", *fit_args(tiny_bert, data_dir, tmp_path / "ref", *common)])
-    assert (reference.model.frozen_outputs.reused > 0) if kept else reference.model.frozen_outputs is None
+    assert (reference.model.fast.frozen_outputs.reused > 0) if kept else reference.model.fast.frozen_outputs is None
 
     root = tmp_path / "run"
     code, stderr = fit_with_signal(

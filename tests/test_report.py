@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agnews.model import AGNewsClassifier
-from agnews.report import build_report, render_markdown
+from agnews.modeling.module import AGNewsClassifier
 from agnews.train import cli_main
+from agnews.training.report import build_report, render_markdown
 from tests.test_train import tiny_args
 
 

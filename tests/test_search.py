@@ -10,8 +10,10 @@ import yaml
 from optuna.trial import TrialState
 
 from agnews.errors import AGNewsError
-from agnews.search import build_space, duration, flags_to_dict, main
+from agnews.search import duration, main
 from agnews.train import cli_main
+from agnews.tuning.results import flags_to_dict
+from agnews.tuning.space import build_space
 from tests.conftest import fit_args
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agnews import sources
-from agnews.data import load_raw
+from agnews.data.loading import load_raw
 from agnews.train import cli_main
 from tests.test_train import tiny_args
 
@@ -23,8 +23,8 @@ def hub(monkeypatch):
         return (True, "the hub answered") if state["online"] else (False, "the hub is unreachable (test)")
 
     monkeypatch.setattr(sources, "hub_status", status)
-    monkeypatch.setattr("agnews.backbone.hub_status", status)
-    monkeypatch.setattr("agnews.data.hub_status", status)
+    monkeypatch.setattr("agnews.modeling.backbone.hub_status", status)
+    monkeypatch.setattr("agnews.data.loading.hub_status", status)
     return state
 
 

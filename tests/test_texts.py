@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
+from agnews.data.texts import blank_rows, describe_rows, encode, read_texts
 from agnews.errors import AGNewsError
-from agnews.texts import blank_rows, describe_rows, encode, read_texts
 
 TEXTS = ["Shares of the bank rose.", "", 'The coach, "furious", left; the team lost.', "Új rekord: NASA 火星 probe"]
 
@@ -71,3 +71,11 @@ def test_encode_truncates_to_max_length(tiny_bert):
     encoded = encode(tokenizer, ["the market " * 200, "goal"], max_length=16)
     assert encoded["lengths"].tolist() == [16, 3]
     assert len(encoded["input_ids"]) == 19 and encoded["labels"].tolist() == [-1, -1]
+
+
+def test_a_csv_python_cannot_parse_is_one_line(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"text\nfine\nbroken \r field\n")  # a lone carriage return inside an unquoted field
+    with pytest.raises(AGNewsError, match=r"^cannot read .*in\.csv as CSV: .*save it as plain CSV") as err:
+        read_texts(path)
+    assert "\n" not in str(err.value)

@@ -141,7 +141,7 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
             True,
             [],
             "bf16-mixed",
-            "precision auto -> bf16-mixed, bf16 weights with fp32 masters (agnews.bf16_weights) (CPU Test CPU: amx_bf16; native bf16)",
+            "precision auto -> bf16-mixed, bf16 weights with fp32 masters (agnews.training.bf16_weights) (CPU Test CPU: amx_bf16; native bf16)",
         ),
         (
             False,

@@ -1,6 +1,5 @@
 """The token cache: each tokenized split as one checked `.pt` file, keyed by everything that changes its tensors."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +8,8 @@ from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_info
 
 from agnews.atomic import atomic_file
+from agnews.errors import AGNewsError
+from agnews.hashing import sha256
 
 # Bump when the layout of the cached tensors changes, so old files are never read as new ones.
 CACHE_FORMAT = 3  # 3: the rows fingerprint (teacher files key on it)
@@ -19,10 +20,7 @@ class DamagedCache(Exception):
 
 
 def _checksum(tensors: dict) -> str:
-    digest = hashlib.sha256()
-    for key in ("input_ids", "lengths", "labels"):
-        digest.update(tensors[key].numpy().tobytes())
-    return digest.hexdigest()
+    return sha256(*(tensors[key].numpy().tobytes() for key in ("input_ids", "lengths", "labels")))
 
 
 def read_cache(path: Path) -> dict:
@@ -44,7 +42,10 @@ def read_cache(path: Path) -> dict:
 class TokenCache:
     """`<cache_dir>/<split>-<key>.pt`; the key hashes the data, the tokenizer's content, `max_length`, the number
     of classes (which names integer labels) and the format. Files are written whole (temp + rename) under a lock,
-    and checked when read."""
+    and checked when read.
+
+    Not `datasets.map(cache_file_name=...)`: that cache is found by loading the data set again in every process
+    (for a hub id: asking the hub), and a damaged Arrow file fails the run instead of being rebuilt."""
 
     def __init__(self, cache_dir: str, max_length: int, num_classes: int = 4):
         self.root = Path(cache_dir).expanduser()
@@ -63,7 +64,7 @@ class TokenCache:
             },
             sort_keys=True,
         )
-        return self.root / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+        return self.root / f"{split}-{sha256(key)[:20]}.pt"
 
     def lock(self, path: Path) -> FileLock:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,35 @@ class TokenCache:
             return False
 
     @staticmethod
+    def load(path: Path, split: str) -> dict:
+        """A split's tensors, for setup: a missing or damaged file is a clear error (prepare_data rebuilds it)."""
+        if not path.is_file():
+            raise AGNewsError(f"no tokenized cache for the {split} split at {path}; call prepare_data() first")
+        try:
+            return read_cache(path)
+        except DamagedCache as err:
+            raise AGNewsError(
+                f"the cached {split} split {path} {err}; run again and prepare_data() rebuilds it"
+            ) from None
+
+    @staticmethod
     def write(path: Path, tensors: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             torch.save({**tensors, "checksum": _checksum(tensors)}, tmp)
+
+    # A hub data set is known by `datasets`' fingerprint of each split: prepare_data notes them here, so that setup
+    # finds the cache files without loading the data set (and asking the hub) again.
+    def _hub_index(self, dataset: str) -> Path:
+        return self.root / f"hub-{sha256(dataset)[:16]}.json"
+
+    def noted_fingerprints(self, dataset: str) -> dict[str, str]:
+        index = self._hub_index(dataset)
+        return json.loads(index.read_text()) if index.is_file() else {}
+
+    def note_fingerprints(self, dataset: str, fingerprints: dict[str, str]) -> None:
+        index = self._hub_index(dataset)
+        with self.lock(index):
+            noted = self.noted_fingerprints(dataset)
+            with atomic_file(index) as tmp:
+                tmp.write_text(json.dumps(noted | fingerprints))

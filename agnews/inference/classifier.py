@@ -1,6 +1,6 @@
 """Applying a trained classifier to new text: read input files, predict fast on a CPU, write predictions.
 
-`Classifier` is the Python API (notebooks, services); the `predict` subcommand's writer (agnews.callbacks) uses the
+`Classifier` is the Python API (notebooks, services); the `predict` subcommand's writer (agnews.training.callbacks) uses the
 output helpers here.
 Both keep rows in input order while batching them by length, and share the opt-in fast paths: bf16 autocast
 and dynamic int8 quantization of the linear layers.
@@ -8,8 +8,6 @@ and dynamic int8 quantization of the linear layers.
 
 import contextlib
 import copy
-import csv
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,15 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
-from agnews.atomic import atomic_file
-from agnews.backbone import CHECKPOINT_FILES_KEY, use_attention
-from agnews.batching import PadCollator, SortedBatchSampler, TokenizedDataset, in_original_order
 from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint
+from agnews.data.batching import PadCollator, SortedBatchSampler, TokenizedDataset, in_original_order
+from agnews.data.texts import encode
 from agnews.errors import AGNewsError
-from agnews.first_token import FirstTokenLayer
-from agnews.internals import attention_of
+from agnews.modeling.backbone import CHECKPOINT_FILES_KEY
+from agnews.modeling.fast_paths import FastPaths
 from agnews.precision import choose, eval_batch_size
-from agnews.texts import encode
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 PRECISIONS = ("auto", "32", "bf16", "int8")
@@ -103,11 +99,10 @@ class Classifier:
             model = copy.deepcopy(model)  # quantizing rewrites the layers: the caller's model stays as it was
         self.model = model
         encoder = getattr(model, "model", model)  # the Hugging Face model inside an AGNewsClassifier
-        self._encoder = encoder
         if self.precision == "int8":
             quantize_int8(encoder)
-        # an AGNewsClassifier runs its last layer at the first token itself; a Hugging Face model gets the same here
-        self.first_token = FirstTokenLayer.for_model(model) if encoder is model else None
+        # an AGNewsClassifier's own fast paths (its switches kept); a Hugging Face model gets its own here
+        self.fast = getattr(model, "fast", None) or FastPaths(encoder)
         self.tokenizer = tokenizer
         self.class_names = list(class_names)
         self.max_length = max_length
@@ -119,7 +114,7 @@ class Classifier:
         cls, path: str | os.PathLike = "best", log_root: str | os.PathLike = LOG_ROOT, **kwargs
     ) -> "Classifier":
         """`path`: a `.ckpt` file, or `best`/`last` of the latest run under `log_root`."""
-        from agnews.model import AGNewsClassifier
+        from agnews.modeling.module import AGNewsClassifier
 
         path = find_checkpoint(Path(log_root), str(path))
         checkpoint = read_checkpoint(path)
@@ -155,27 +150,14 @@ class Classifier:
         batches = SortedBatchSampler(SequentialSampler(dataset), self.batch_size, lengths=dataset.lengths)
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadCollator(self.tokenizer.pad_token_id or 0))
         outputs = []
-        last_layer = self.first_token.around() if self.first_token else contextlib.nullcontext()
-        with torch.inference_mode(), autocast(self.precision), last_layer, self._evaluating():
+        with torch.inference_mode(), autocast(self.precision), self.fast.evaluating():
             for batch in loader:
-                out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                logits = getattr(out, "logits", out)
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+                with self.fast.around("predict", ids, mask):
+                    logits = self.fast.model(input_ids=ids, attention_mask=mask).logits
                 outputs.append({"index": batch["index"], "logits": logits.float()})
         scores[keep] = in_original_order(outputs)["logits"]
         return scores
-
-    @contextlib.contextmanager
-    def _evaluating(self):
-        """Eval mode and the fastest evaluation kernel on a CPU (SDPA) for one call; a model the caller passed
-        in gets its own mode and kernel back afterwards."""
-        training, attention = self.model.training, attention_of(self._encoder)
-        self.model.eval()
-        use_attention(self._encoder, "sdpa")
-        try:
-            yield
-        finally:
-            use_attention(self._encoder, attention)
-            self.model.train(training)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [self._prediction(row) for row in self.predict_proba(texts)]
@@ -187,60 +169,3 @@ class Classifier:
         return Prediction(
             self.class_names[best], float(row[best]), dict(zip(self.class_names, row.tolist(), strict=False))
         )
-
-
-# ---- output ----
-
-
-def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse, before any work, an output that could not be written or would silently replace a file."""
-    path = Path(path).expanduser()
-    if path.suffix not in OUTPUT_SUFFIXES:
-        raise AGNewsError(f"output {path}: use a .csv or .jsonl file name")
-    if not path.parent.is_dir():
-        raise AGNewsError(f"output folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise AGNewsError(f"output {path} is a folder; name a file")
-    if path.exists() and not overwrite:
-        raise AGNewsError(f"output {path} exists; pass --prediction.overwrite true to replace it, or another file name")
-    return path
-
-
-def write_predictions(
-    path: Path,
-    class_names: Sequence[str],
-    probs: torch.Tensor,
-    ids: Sequence,
-    texts: Sequence[str] | None = None,
-    true_labels: Sequence[int] | None = None,
-) -> None:
-    """One row per input row, in input order: id, text, label, score, one probability per class (empty for
-    rows not predicted). Written to a temporary file and renamed, so a failed run leaves no partial output."""
-    records = []
-    for i, row in enumerate(probs):
-        record = {"id": ids[i]}
-        if texts is not None:
-            record["text"] = texts[i]
-        if true_labels is not None:
-            record["true_label"] = class_names[int(true_labels[i])]
-        done = not row.isnan().any()
-        best = int(row.argmax()) if done else None
-        record["label"] = class_names[best] if done else None
-        record["score"] = round(float(row[best]), 6) if done else None
-        record["probs"] = (
-            {name: round(float(p), 6) for name, p in zip(class_names, row, strict=False)} if done else None
-        )
-        records.append(record)
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        if path.suffix == ".jsonl":
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            writer = csv.writer(f)
-            head = [k for k in (records[0] if records else {"id": 0, "label": 0, "score": 0}) if k != "probs"]
-            writer.writerow(head + [f"prob_{name}" for name in class_names])
-            for record in records:
-                probs_ = record["probs"] or {}
-                writer.writerow(
-                    [("" if record[k] is None else record[k]) for k in head] + [probs_.get(n, "") for n in class_names]
-                )

@@ -5,17 +5,17 @@ The DataModule (`--data.teacher FILE`) refuses a file made from other rows, so a
 against the wrong texts; the checkpoint of a distilled run records which file it learned from.
 """
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 
 from agnews.atomic import atomic_file
 from agnews.errors import AGNewsError
+from agnews.hashing import sha256
 
 FORMAT = 1
 META_KEY = b"agnews_teacher"
@@ -23,10 +23,7 @@ META_KEY = b"agnews_teacher"
 
 def rows_fingerprint(texts: Sequence[str], labels: Sequence[int]) -> str:
     """SHA-256 of the rows in order (text and label): any edit, addition, removal or reordering changes it."""
-    digest = hashlib.sha256()
-    for text, label in zip(texts, labels, strict=True):
-        digest.update(f"{int(label)}\t".encode() + str(text).encode() + b"\0")
-    return digest.hexdigest()
+    return sha256(*(f"{int(label)}\t{text}\0" for text, label in zip(texts, labels, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -109,17 +106,12 @@ def check_rows(teacher: Teacher, rows: str, labels: torch.Tensor, class_names: S
         )
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) between temperature-softened distributions, times T² so that its gradient keeps
-    the scale of the cross-entropy's as T changes (Hinton et al., 2015)."""
-    t = float(temperature)
-    return (
-        F.kl_div(
-            F.log_softmax(student.float() / t, dim=-1),
-            F.log_softmax(teacher.float() / t, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        * t
-        * t
+def teacher_for_rows(path: str, split: dict) -> Teacher:
+    """The teacher file a fit learns from, checked against the cached train split's rows and said once."""
+    teacher = read_teacher(path)
+    check_rows(teacher, split.get("rows"), split["labels"], split["class_names"])
+    rank_zero_info(
+        f"agnews: distilling from teacher file {path} ({teacher.meta.get('backbone')}, "
+        f"{teacher.accuracy():.2%} on these rows)"
     )
+    return teacher

@@ -15,20 +15,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from agnews.internals import version_of
+from agnews.modeling.backbone import layer_list
 
 
 @rank_zero_only  # under DDP every process keeps its own rows; one line says what they all do
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def layer_list(base: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
-    """The encoder's list of layers, named `layer` as agnews.model's per-layer options find them (BERT's
-    `encoder.layer`, DistilBERT's `transformer.layer`), with the module that holds it."""
-    for name, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layer":
-            return (base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base), module
-    return None
 
 
 def _has_dropout(modules: list[nn.Module]) -> bool:
@@ -59,7 +51,7 @@ class FrozenOutputs:
         if budget_gb <= 0 or cls.applies(model, count) is not None:
             return None
         tokens = sum(int(d.lengths.sum()) for d in datasets if d is not None and hasattr(d, "lengths"))
-        # the hidden states of every real token, in the weights' precision (bf16 under agnews.bf16_weights)
+        # the hidden states of every real token, in the weights' precision (bf16 under agnews.training.bf16_weights)
         need = tokens * model.config.hidden_size * model.get_input_embeddings().weight.element_size()
         if need > budget_gb * 2**30:
             _say(

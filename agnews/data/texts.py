@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from agnews.errors import AGNewsError
 
@@ -57,7 +58,10 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     else:
         lines = _read_lines(path)
         if path.suffix == ".csv":
-            rows = list(csv.reader(lines))
+            try:
+                rows = list(csv.reader(lines))
+            except csv.Error as err:  # a stray carriage return or NUL inside a field, say
+                raise AGNewsError(f"cannot read {path} as CSV: {err}; save it as plain CSV (or use .txt)") from None
             header = rows[0] if rows else []
             _text_column(path, header)
             at = header.index("text")
@@ -102,3 +106,24 @@ def describe_rows(rows: Sequence[int], limit: int = 5) -> str:
     """Row ids (as in the predictions file) for messages, elided after `limit`."""
     shown = ", ".join(str(r) for r in rows[:limit])
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def encode_file(path: str, tokenizer, max_length: int) -> tuple[list[str], list[int], dict[str, torch.Tensor]]:
+    """A file of texts to predict: every row (blank ones included, said once), the rows that are not blank, and
+    their token ids."""
+    texts = read_texts(path)
+    if not texts:
+        raise AGNewsError(f"{path} holds no texts")
+    blank = blank_rows(texts)
+    if len(blank) == len(texts):
+        raise AGNewsError(f"every text in {path} is empty; nothing to predict")
+    if blank:
+        rank_zero_info(
+            f"agnews: warning: {len(blank)} of {len(texts)} texts in {path} are empty (ids {describe_rows(blank)}): not predicted, their output rows have no label"
+        )
+    rows = [i for i, t in enumerate(texts) if t.strip()]
+    tensors = encode(tokenizer, [texts[i] for i in rows], max_length)
+    cut = int((tensors["lengths"] >= max_length).sum())
+    if cut:
+        rank_zero_info(f"agnews: {cut} texts reached max_length={max_length} tokens; longer ones were truncated")
+    return texts, rows, tensors

@@ -23,8 +23,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import eager_attention_forward as bert_eager_attention
 from transformers.models.distilbert.modeling_distilbert import eager_attention_forward as distilbert_eager_attention
 
-from agnews.frozen_outputs import layer_list
 from agnews.internals import attention_of
+from agnews.modeling.backbone import layer_list
 
 
 def _first_query(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -108,7 +108,7 @@ class FirstTokenLayer:
     @classmethod
     def for_model(cls, model: nn.Module) -> "FirstTokenLayer | None":
         """For transformers' own sequence classifier of a known architecture (its head reads the first token);
-        None for any other model, such as agnews' mean-pooled classifiers (agnews.pooling)."""
+        None for any other model, such as agnews' mean-pooled classifiers (agnews.modeling.pooling)."""
         stock = type(model).__module__.startswith("transformers.models.")
         forward = LAYERS.get(model.config.model_type)
         found = layer_list(model.base_model)

@@ -2,8 +2,6 @@
 
 import json
 import math
-import re
-from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -19,90 +17,13 @@ from torchmetrics.classification import (
 )
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from agnews import backbone as backbones
-from agnews.budget import LinearSchedule
 from agnews.errors import AGNewsError
-from agnews.first_token import FirstTokenLayer
-from agnews.frozen_outputs import FrozenOutputs
+from agnews.modeling import backbone as backbones
+from agnews.modeling.fast_paths import FastPaths
+from agnews.modeling.losses import distillation_loss
+from agnews.modeling.optim import freeze_lowest_layers, parameter_groups
 from agnews.precision import is_bf16
-from agnews.teacher import distillation_loss
-
-# Normalization layers by kind: torch's own plus any Hugging Face class named like one (T5LayerNorm, LlamaRMSNorm...).
-_TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)  # BatchNorm*, InstanceNorm*: by name, below
-
-
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, _TORCH_NORMS) or "norm" in type(module).__name__.lower()
-
-
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weights only: biases and every normalization weight are excluded, whatever they are named."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            (no_decay if name == "bias" or _is_norm(module) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-_NUMBERED_LAYER = re.compile(r"\.layer\.(\d+)\.")
-
-
-def require_numbered_layers(model: nn.Module, option: str, off: str) -> None:
-    """Options that act per encoder layer find the layers by name: refuse an encoder that names them otherwise."""
-    if not any(_NUMBERED_LAYER.search(n) for n, _ in model.named_parameters()):
-        raise AGNewsError(
-            f"{option} needs an encoder whose layers are named '.layer.N.' (BERT, DistilBERT, MPNet, RoBERTa); "
-            f"{type(model).__name__} names them otherwise: {off}"
-        )
-
-
-def layer_depth(name: str, num_layers: int) -> int:
-    """Depth of a parameter in the encoder: 0 embeddings, i + 1 for layer i, num_layers + 1 pooler and head."""
-    match = _NUMBERED_LAYER.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    return 0 if "embeddings" in name else num_layers + 1
-
-
-def freeze_lowest_layers(model: nn.Module, count: int) -> None:
-    """Stop training the embeddings and the lowest `count` encoder layers (named '.layer.N.')."""
-    num_layers = model.config.num_hidden_layers
-    if count >= num_layers:
-        raise AGNewsError(
-            f"freeze_layers={count} leaves none of the encoder's {num_layers} layers to train; "
-            f"set --model.freeze_layers to at most {num_layers - 1} (0: train every layer)"
-        )
-    require_numbered_layers(model, "freeze_layers", "set --model.freeze_layers 0")
-    for name, param in model.named_parameters():
-        if layer_depth(name, num_layers) <= count:
-            param.requires_grad_(False)
-
-
-def parameter_groups(
-    model: nn.Module, weight_decay: float, learning_rate: float, layer_decay: float = 1.0
-) -> list[dict]:
-    """AdamW groups: weight decay by parameter kind and, with `layer_decay` < 1, a learning rate that shrinks
-    by that factor per layer from the head down to the embeddings (layer-wise learning-rate decay)."""
-    groups = weight_decay_groups(model, weight_decay)
-    if layer_decay == 1.0:
-        return groups
-    num_layers = model.config.num_hidden_layers
-    require_numbered_layers(model, f"layer_decay={layer_decay}", "use layer_decay 1.0")
-    names = {id(p): n for n, p in model.named_parameters()}
-    split = []
-    for group in groups:
-        by_depth: dict[int, list] = {}
-        for param in group["params"]:
-            by_depth.setdefault(layer_depth(names[id(param)], num_layers), []).append(param)
-        for depth, params in sorted(by_depth.items()):
-            lr = learning_rate * layer_decay ** (num_layers + 1 - depth)
-            split.append({"params": params, "weight_decay": group["weight_decay"], "lr": lr})
-    return split
+from agnews.training.budget import LinearSchedule
 
 
 class AGNewsClassifier(L.LightningModule):
@@ -126,6 +47,7 @@ class AGNewsClassifier(L.LightningModule):
         frozen_outputs_gb: float = 2.0,
         distill_weight: float = 0.8,
         distill_temperature: float = 4.0,
+        first_token_only: bool = True,
     ):
         """
         Args:
@@ -145,9 +67,9 @@ class AGNewsClassifier(L.LightningModule):
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
             pooling: `cls` (the model's own head: first token, through BERT's pooler; the last layer is then
-                computed at that token only, agnews.first_token) or `mean` (the average
+                computed at that token only, agnews.modeling.first_token) or `mean` (the average
                 of the last hidden states over real tokens, fed to the architecture's own head: BERT, DistilBERT,
-                RoBERTa, XLM-R, MPNet; agnews.pooling). Both export (`mean` with its code, agnews.export).
+                RoBERTa, XLM-R, MPNet; agnews.modeling.pooling). Both export (`mean` with its code, agnews.export).
             label_smoothing: cross-entropy label smoothing (0: off).
             layer_decay: layer-wise learning-rate decay: each layer below the head trains at this factor of
                 the one above (1: off, one learning rate for all).
@@ -155,11 +77,13 @@ class AGNewsClassifier(L.LightningModule):
                 and why; kept in the checkpoint for the test report and TensorBoard's HPARAMS.
             frozen_outputs_gb: memory (GiB) for keeping the frozen layers' outputs of every training and
                 validation row from the first epoch, so later epochs run only the trained layers (with frozen
-                layers, dropout 0 and more than one epoch; agnews.frozen_outputs). 0: compute them every epoch.
+                layers, dropout 0 and more than one epoch; agnews.modeling.frozen_outputs). 0: compute them every epoch.
             distill_weight: with a teacher file (`--data.teacher`), the training loss is (1 - w) x cross-entropy
                 on the labels + w x the distillation loss (KL divergence to the teacher's softened
                 distribution); both are logged (`train_ce`, `train_kd`). Unused without a teacher.
             distill_temperature: the temperature both distributions are softened by (1: plain softmax).
+            first_token_only: with a first-token head (`pooling cls`), compute the last layer at the first token
+                only (agnews.modeling.first_token: the same logits); False: the whole layer, as transformers does.
         """
         super().__init__()
         if not 0 <= warmup_ratio < 1:
@@ -206,16 +130,14 @@ class AGNewsClassifier(L.LightningModule):
             raise AGNewsError(
                 f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}"
             )
-        self.frozen_outputs: FrozenOutputs | None = None
-        # a first-token head reads one row of the last layer: only that row is computed (agnews.first_token)
-        self.first_token = FirstTokenLayer.for_model(self.model)
+        self.fast = FastPaths(self.model, first_token=first_token_only)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # plain accuracy (micro): torchmetrics' default is the macro average, i.e. balanced accuracy
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
-        # the test report's figures (agnews.report), per class
+        # the test report's figures (agnews.training.report), per class
         self.test_details = MetricCollection(
             {
                 "precision": MulticlassPrecision(num_classes, average=None),
@@ -246,52 +168,43 @@ class AGNewsClassifier(L.LightningModule):
             self.hparams.backbone_config = json.loads(self.model.config.to_json_string())
 
     # Training and evaluation are fastest with different attention kernels on a CPU: switch between them.
-    def _use_attention(self, implementation: str | None) -> None:
-        backbones.use_attention(self.model, implementation)
-
     def training_attention(self) -> str | None:
         if self.hparams.attention != "auto":
             return self.hparams.attention
         return "eager" if is_bf16(self.trainer.precision) else "sdpa"
 
     def on_train_start(self) -> None:
-        self._use_attention(self.training_attention())
+        self.fast.use_attention(self.training_attention())
 
     def on_fit_start(self) -> None:
-        self.frozen_outputs = None  # a module fitted again starts afresh
-        if self.trainer.max_epochs == 1:  # each row is read once: nothing to reuse
-            return
         data = self.trainer.datamodule
         datasets = [getattr(data, "train_set", None), getattr(data, "val_set", None)]
         hp = self.hparams
-        self.frozen_outputs = FrozenOutputs.for_fit(self.model, hp.freeze_layers, hp.frozen_outputs_gb, datasets)
+        self.fast.start_fit(hp.freeze_layers, hp.frozen_outputs_gb, datasets, self.trainer.max_epochs)
 
     def teardown(self, stage: str) -> None:
-        if self.frozen_outputs is not None:
-            self.frozen_outputs.clear()  # its memory goes; its count of reused batches stays for the summary
+        self.fast.end_fit()
 
     def on_validation_start(self) -> None:
-        self._use_attention("sdpa")
+        self.fast.use_attention("sdpa")
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "fit":
-            self._use_attention(self.training_attention())
+            self.fast.use_attention(self.training_attention())
 
     def on_test_start(self) -> None:
-        self._use_attention("sdpa")
+        self.fast.use_attention("sdpa")
 
     def on_predict_start(self) -> None:
-        self._use_attention("sdpa")
+        self.fast.use_attention("sdpa")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self.first_token.around() if self.first_token else nullcontext():
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stage: str | None = None) -> torch.Tensor:
+        with self.fast.around(stage, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def _step(self, batch: dict, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
-        kept = self.frozen_outputs if stage in ("train", "val") else None
-        with kept.around(stage, batch["input_ids"], batch["attention_mask"]) if kept else nullcontext():
-            # the loss and metrics in fp32 whatever the weights are (bf16 ones under agnews.bf16_weights)
-            logits = self(batch["input_ids"], batch["attention_mask"]).float()
+        # the loss and metrics in fp32 whatever the weights are (bf16 ones under agnews.training.bf16_weights)
+        logits = self(batch["input_ids"], batch["attention_mask"], stage).float()
         loss = self.loss_fn(logits, batch["labels"])
         size = len(batch["labels"])
         if "teacher_logits" in batch and self.hparams.distill_weight > 0:  # only training batches carry them
@@ -346,7 +259,9 @@ class AGNewsClassifier(L.LightningModule):
         optimizer = self.optimizer()
         hp = self.hparams
         total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):  # no epoch limit (a time budget): one epoch until agnews.budget sizes the run
+        if not math.isfinite(
+            total
+        ):  # no epoch limit (a time budget): one epoch until agnews.training.budget sizes the run
             total = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
         # warm-up, then linear decay to zero at the last step (transformers' linear schedule), resizable by a budget
         self.lr_schedule = LinearSchedule(int(total), int(hp.warmup_ratio * int(total)))

@@ -33,6 +33,8 @@ class SeededShuffle(Sampler[int]):
 class _ByLength(BatchSampler):
     """A batch sampler that knows each row's length (tokens), to batch similar lengths together."""
 
+    # the arguments spelled out: under DDP Lightning builds the batch sampler again from its __init__'s parameter
+    # names, with a DistributedSampler as `sampler`
     def __init__(
         self,
         sampler: Sampler[int],
@@ -52,18 +54,7 @@ class LengthGroupedBatchSampler(_ByLength):
     sampler's seed and epoch). A `DistributedSampler` works as the inner sampler too.
     """
 
-    # the arguments spelled out: under DDP Lightning builds the batch sampler again from its __init__'s parameter
-    # names, with a DistributedSampler as `sampler`
-    def __init__(
-        self,
-        sampler: Sampler[int],
-        batch_size: int,
-        drop_last: bool = False,
-        lengths: Sequence[int] | torch.Tensor = (),
-        window_batches: int = 50,
-    ):
-        super().__init__(sampler, batch_size, drop_last, lengths)
-        self.window_batches = window_batches
+    window_batches = 50  # batches per sorted window: a setting, not an argument, so the __init__ stays _ByLength's
 
     def __iter__(self) -> Iterator[list[int]]:
         # a generator: the order is drawn at the first batch, after Lightning's set_epoch, even on a resumed run
@@ -114,7 +105,11 @@ class ResumableDataLoader(DataLoader):
     next batch is ({"epoch", "batches"}), `restore(state)` hands a saved position back to the owner, and
     `start()` tells an iterator starting now which epoch it is and how many of its batches were trained already.
     The epoch is set on the sampler here, before workers draw indices: on a resume Lightning creates the
-    iterator before it calls `set_epoch`."""
+    iterator before it calls `set_epoch`.
+
+    Not torchdata's `StatefulDataLoader`: Lightning 2.6 drops a loader's saved state when the loader was built
+    before the checkpoint was restored, as `estimated_stepping_batches` (the schedule's length) builds it
+    (Lightning issue #20550), so it would restart the epoch; the DataModule's state is restored before that."""
 
     def __init__(
         self,
