@@ -1,6 +1,4 @@
 import signal
-import subprocess
-import sys
 
 import lightning as L
 import pytest
@@ -13,11 +11,9 @@ from agnews.precision import CPU
 from agnews.train import Trainer, cli_main
 from agnews.training.bf16_weights import BF16Weights
 from tests.conftest import fit_args
-from tests.test_capabilities import env
+from tests.test_capabilities import BF16_PLUGIN as PLUGIN
 from tests.test_model import tiny_datamodule
 from tests.test_reliability import fit_with_signal
-
-PLUGIN = ("--trainer.plugins", "agnews.training.bf16_weights.BF16Weights")  # on any CPU, native bf16 or not
 
 
 @pytest.mark.parametrize(
@@ -157,18 +153,3 @@ def test_sigint_then_resume_matches_an_uninterrupted_run(tiny_bert, data_dir, tm
     expected = read_checkpoint(reference.trainer.checkpoint_callback.last_model_path)["state_dict"]
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.slow
-def test_ddp_on_two_processes(tiny_bert, data_dir, tmp_path):
-    root = tmp_path / "ddp"
-    command = [sys.executable, "-m", "agnews.train", "fit", *fit_args(tiny_bert, data_dir, root)]
-    command += [*PLUGIN, "--trainer.max_epochs", "2"]
-    command += ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--test", "true"]
-    run = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "precision auto" not in run.stderr  # the named plugin, on any CPU
-    (version,) = (root / "lightning_logs").iterdir()
-    state = read_checkpoint(version / "checkpoints" / "last.ckpt")["state_dict"]
-    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
-    assert (version / "checkpoints" / "test_report.json").exists()

@@ -2,7 +2,8 @@
 config at all) and every file of configs/, each with a tiny encoder of its own architecture and pooling.
 
 fit, stop with SIGINT mid-epoch, resume (later epochs worse: the best is kept), test, predict, export + a stock
-pipeline; DDP on two processes; two nodes launched by torchrun (slow tier)."""
+pipeline; DDP on two processes (distilled where the config names a teacher); two nodes launched by torchrun
+with the bf16-weights plugin (slow tier)."""
 
 import csv
 import json
@@ -15,10 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from agnews import sources
 from agnews.checkpoints import read_checkpoint
+from agnews.data.teacher import read_teacher
 from agnews.export import main as export_main
 from agnews.inference import Classifier
 from agnews.train import cli_main
@@ -26,6 +29,7 @@ from tests.conftest import ROOT, callback_config, make_rows
 from tests.test_export import pipeline_labels
 
 CONFIGS = ROOT / "configs"
+BF16_PLUGIN = ("--trainer.plugins", "agnews.training.bf16_weights.BF16Weights")  # on any CPU, native bf16 or not
 # case: (config file or None, encoder fixture, pooling it runs)
 CASES = {
     "hub-default": (None, "tiny_distilbert", "cls"),
@@ -175,7 +179,11 @@ def test_ddp_on_two_processes(case, request, data_dir, tmp_path, tiny_teacher):
     # make fit's test after the fit, on both processes: every test row counted once
     report = json.loads((version / "checkpoints" / "test_report.json").read_text())
     assert report["rows"] == 80 and Path(report["checkpoint"]).name != "last.ckpt"
-    assert read_checkpoint(version / "checkpoints" / "last.ckpt")["hyper_parameters"]["pooling"] == pooling
+    last = read_checkpoint(version / "checkpoints" / "last.ckpt")
+    assert last["hyper_parameters"]["pooling"] == pooling
+    if CASES[case][0] is not None and names_teacher(CASES[case][0]):  # a distilled DDP run records its teacher
+        assert "distilling from teacher file" in run.stderr + run.stdout
+        assert last["AGNewsDataModule"]["teacher"]["rows"] == read_teacher(tiny_teacher).meta["rows"]
 
 
 def free_port() -> int:
@@ -187,7 +195,8 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path, tiny_teacher):
     # the default model's architecture (first-token BERT), one process on each of two "nodes" on localhost,
-    # each node with its own cache (prepared by its own local rank 0) and its own working folder
+    # each node with its own cache (prepared by its own local rank 0) and its own working folder; the bf16-weights
+    # plugin is named, so that its DDP path (bf16 copies broadcast, fp32 masters saved) runs on any CPU
     def launch(tries: int = 2) -> list[str]:
         # a node process sometimes aborts in gloo's teardown on this 2-core machine ("terminate called without
         # an active exception"): one more try on a fresh port and fresh folders before failing
@@ -208,7 +217,7 @@ def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path, tiny_teac
                 "--data.max_length", "32", "--data.val_size", "32", "--trainer.max_epochs", "2",
                 "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
                 "--data.cache_dir", str(node / "cache"), "--trainer.default_root_dir", str(node),
-                "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_progress_bar", "false", *BF16_PLUGIN,
             ]  # fmt: skip
             nodes.append(
                 subprocess.Popen(command, cwd=node, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -230,3 +239,5 @@ def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path, tiny_teac
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
     last = read_checkpoint(tmp_path / "node0" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 8  # 128 rows, batch 16, halved between the two nodes, 2 epochs
+    assert "precision auto" not in logs[0]  # the named plugin, on any CPU; its checkpoint holds the fp32 masters
+    assert all(v.dtype == torch.float32 for v in last["state_dict"].values() if v.is_floating_point())

@@ -1,11 +1,8 @@
 """Distillation: the teacher file (agnews.distill, agnews.data.teacher), the mixed loss (agnews.modeling.module), and a
-distilled fit, resume and DDP run."""
+distilled fit and resume (its DDP run: tests/test_capabilities.py, offline.yaml)."""
 
 import hashlib
 import math
-import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +13,7 @@ from agnews.data.teacher import read_teacher, rows_fingerprint, write_teacher
 from agnews.distill import main as distill_main
 from agnews.inference import Classifier
 from agnews.train import cli_main
-from tests.conftest import ROOT, fit_args, make_rows, write_split
+from tests.conftest import fit_args, make_rows, write_split
 
 
 def test_a_teacher_file_scores_every_training_row_and_names_its_rows_and_checkpoint(tiny_teacher, trained):
@@ -122,18 +119,3 @@ def test_a_distilled_fit_logs_both_losses_records_its_teacher_and_resumes_only_w
         cli_main(["fit", *flags, "--data.teacher", "null", "--trainer.max_epochs", "3", "--ckpt_path", str(last)])
     assert stop.value.code == 2
     assert "learned from teacher file" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_a_distilled_ddp_run_on_two_processes(tiny_teacher, tiny_bert, data_dir, tmp_path):
-    root = tmp_path / "ddp"
-    flags = fit_args(tiny_bert, data_dir, root, "--data.teacher", str(tiny_teacher), "--trainer.max_epochs", "2")
-    command = [sys.executable, "-m", "agnews.train", "fit", *flags, "--trainer.devices", "2"]
-    command += ["--trainer.strategy", "ddp", "--test", "true"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stderr[-3000:]
-    (version,) = (root / "lightning_logs").iterdir()
-    saved = read_checkpoint(version / "checkpoints" / "last.ckpt")
-    assert saved["AGNewsDataModule"]["teacher"]["rows"] == read_teacher(tiny_teacher).meta["rows"]
-    assert "distilling from teacher file" in run.stderr + run.stdout

@@ -268,72 +268,6 @@ def test_truncated_checkpoint_is_refused_by_test_and_fit(trained, tmp_path, caps
         assert "damaged or truncated" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_two_processes_train_as_one_ddp(tiny_bert, data_dir, tmp_path):
-    root = tmp_path / "ddp"
-    args = fit_args(tiny_bert, data_dir, root, "--trainer.max_epochs", "2")
-    run = subprocess.run(
-        [sys.executable, "-m", "agnews.train", "fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    log = run.stdout + run.stderr
-    assert log.count("cache miss for train") == 1  # prepared once, by local rank 0
-    runs = list((root / "lightning_logs").iterdir())
-    assert len(runs) == 1
-    checkpoints = sorted(p.name for p in (runs[0] / "checkpoints").iterdir())
-    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best + last, written by rank 0 only
-    # 128 training rows, batch 16: 8 steps per epoch in one process, 4 when each process trains on its half
-    assert read_checkpoint(runs[0] / "checkpoints" / "last.ckpt")["global_step"] == 8
-    best = runs[0] / "checkpoints" / next(c for c in checkpoints if c != "last.ckpt")
-
-    # the validation accuracy DDP logged (synchronised over both halves) is what one process measures
-    single = cli_main(
-        [
-            "validate",
-            "--ckpt_path",
-            str(best),
-            *fit_args(tiny_bert, data_dir, tmp_path / "single"),
-            "--trainer.precision",
-            "bf16-mixed",
-        ]
-    )
-    ddp_val_acc = float(best.name.split("val_acc=")[1].removesuffix(".ckpt"))
-    assert float(single.trainer.callback_metrics["val_acc"]) == pytest.approx(ddp_val_acc, abs=1e-4)
-
-    tested = cli_main(["test", "--ckpt_path", str(best), *fit_args(tiny_bert, data_dir, tmp_path / "single")])
-    single_report = json.loads((best.parent / "test_report.json").read_text())
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agnews.train",
-            "test",
-            "--ckpt_path",
-            str(best),
-            *fit_args(tiny_bert, data_dir, tmp_path / "t2"),
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp",
-        ],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ddp_report = json.loads((best.parent / "test_report.json").read_text())
-    assert ddp_report["accuracy"] == pytest.approx(single_report["accuracy"], abs=1e-6)
-    assert ddp_report["confusion_matrix"] == single_report["confusion_matrix"]
-    assert float(tested.trainer.callback_metrics["test_acc"]) == pytest.approx(single_report["accuracy"], abs=1e-6)
-
-
 def test_a_resume_whose_later_epochs_are_worse_keeps_the_earlier_best(
     tiny_bert, data_dir, tmp_path, monkeypatch, capsys
 ):
@@ -380,8 +314,9 @@ def test_a_resume_whose_later_epochs_are_worse_keeps_the_earlier_best(
 
 
 @pytest.mark.slow
-def test_ddp_resume_matches_an_uninterrupted_ddp_run(tiny_bert, data_dir, tmp_path):
-    # Lightning rebuilds the training loader with a DistributedSampler: the resumed position must reach it
+def test_two_processes_train_as_one_and_resume_exactly(tiny_bert, data_dir, tmp_path):
+    # one uninterrupted DDP run is both the check that two processes train as one and the reference of the
+    # resume (each DDP run is two process starts: the suite's costliest kind of step)
     ddp = ("--trainer.max_epochs", "3", "--model.dropout", "0.0", "--trainer.devices", "2", "--trainer.strategy", "ddp")
 
     def fit(root, *extra, config=None):
@@ -391,8 +326,37 @@ def test_ddp_resume_matches_an_uninterrupted_ddp_run(tiny_bert, data_dir, tmp_pa
 
     reference = fit(tmp_path / "ref")
     assert reference.returncode == 0, reference.stderr[-3000:]
+    log = reference.stdout + reference.stderr
+    assert log.count("cache miss for train") == 1  # prepared once, by local rank 0
+    runs = list((tmp_path / "ref" / "lightning_logs").iterdir())
+    assert len(runs) == 1
+    checkpoints = sorted(p.name for p in (runs[0] / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best + last, written by rank 0 only
+    # 128 training rows, batch 16: 8 steps per epoch in one process, 4 when each process trains on its half
+    assert read_checkpoint(runs[0] / "checkpoints" / "last.ckpt")["global_step"] == 12
+    best = runs[0] / "checkpoints" / next(c for c in checkpoints if c != "last.ckpt")
+
+    # the validation accuracy DDP logged (synchronised over both halves) is what one process measures
+    single_args = fit_args(tiny_bert, data_dir, tmp_path / "single")
+    single = cli_main(["validate", "--ckpt_path", str(best), *single_args, "--trainer.precision", "bf16-mixed"])
+    ddp_val_acc = float(best.name.split("val_acc=")[1].removesuffix(".ckpt"))
+    assert float(single.trainer.callback_metrics["val_acc"]) == pytest.approx(ddp_val_acc, abs=1e-4)
+
+    # test on two processes: every test row counted once, the same report as one process writes
+    tested = cli_main(["test", "--ckpt_path", str(best), *single_args])
+    single_report = json.loads((best.parent / "test_report.json").read_text())
+    command = [sys.executable, "-m", "agnews.train", "test", "--ckpt_path", str(best)]
+    command += [*fit_args(tiny_bert, data_dir, tmp_path / "t2"), "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    run = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp_report = json.loads((best.parent / "test_report.json").read_text())
+    assert ddp_report["accuracy"] == pytest.approx(single_report["accuracy"], abs=1e-6)
+    assert ddp_report["confusion_matrix"] == single_report["confusion_matrix"]
+    assert float(tested.trainer.callback_metrics["test_acc"]) == pytest.approx(single_report["accuracy"], abs=1e-6)
+
+    # stopped mid-epoch and resumed: Lightning rebuilds the training loader with a DistributedSampler, and the
+    # resumed position must reach it. 4 batches per epoch in each process: after 6, the middle of the second epoch
     root = tmp_path / "run"
-    # 4 batches per epoch in each process: after 6, the middle of the second epoch
     signal_config = callback_config(tmp_path, "sigint", "SignalAtStep", batches=6, signum=int(signal.SIGINT))
     stopped = fit(root, config=signal_config)
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
@@ -400,7 +364,7 @@ def test_ddp_resume_matches_an_uninterrupted_ddp_run(tiny_bert, data_dir, tmp_pa
     resumed = fit(root, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = weights(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
-    expected = weights(tmp_path / "ref" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    expected = weights(runs[0] / "checkpoints" / "last.ckpt")
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=1e-5)
 
