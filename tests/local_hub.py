@@ -132,12 +132,6 @@ class LocalHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread: threading.Thread | None = None
 
-    def replace_dataset(self, train_rows: int, test_rows: int, **dataset) -> None:
-        """Serve another version of the dataset repo (a new commit): e.g. without a test split, or bad labels."""
-        folder = self.folder / "datasets" / f"{DATASET_REPO}-{len(self.requests)}"
-        build_dataset(folder, train_rows, test_rows, **dataset)
-        self.repos[("dataset", DATASET_REPO)] = Repo(DATASET_REPO, "dataset", folder)
-
     def start(self) -> "LocalHub":
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -81,13 +81,14 @@ def test_default_run_without_the_hub_trains_minilm_and_exports_to_a_stock_pipeli
     assert cli.datamodule.hparams.teacher == str(sources.BUNDLED_TEACHER) and cli.datamodule.teacher_info is not None
     assert accuracy > 0.6, f"4 classes: chance is 0.25, got {accuracy:.3f}"
 
-    # predict on 1,000 official test rows (precision auto: bf16 where native), and a stock pipeline on the export
-    # (fp32, truncating where the run did: the export's tokenizer keeps its max_length)
+    # predict on 400 official test rows (precision auto: bf16 where native), and a stock pipeline on the export
+    # (fp32, truncating where the run did: the export's tokenizer keeps its max_length; a stock pipeline takes
+    # about 10 s per 1,000 rows here)
     out = tmp_path / "predictions.csv"
-    cli_main(["predict", *common(tmp_path), "--data.test_size", "1000", "--prediction.output", str(out)])
+    cli_main(["predict", *common(tmp_path), "--data.test_size", "400", "--prediction.output", str(out)])
     with open(out, newline="") as f:
         predicted = {int(row["id"]): row["label"] for row in csv.DictReader(f)}
-    assert len(predicted) == 1000
+    assert len(predicted) == 400
     export_main([str(tmp_path / "exported")])
     texts = pd.read_parquet(BUNDLED_AG_NEWS / "test.parquet")["text"]
     ids = sorted(predicted)
@@ -98,4 +99,4 @@ def test_default_run_without_the_hub_trains_minilm_and_exports_to_a_stock_pipeli
     assert result.returncode == 0, result.stderr[-2000:]
     labels = json.loads(result.stdout.strip().splitlines()[-1])
     agree = sum(label == predicted[i] for label, i in zip(labels, ids, strict=True)) / len(ids)
-    assert agree >= 0.995, f"the pipeline agrees with predict on {agree:.2%} of 1,000 rows"
+    assert agree >= 0.995, f"the pipeline agrees with predict on {agree:.2%} of 400 rows"  # 2 rows at most
