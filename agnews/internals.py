@@ -61,6 +61,17 @@ def dataset_fingerprint(dataset) -> str:
     return dataset._fingerprint
 
 
+def stratified_indices(labels, n_train: int, n_test: int, seed: int):
+    """(train, test) row positions, exactly as `Dataset.train_test_split(test_size=n_test, stratify_by_column=...,
+    seed=seed)` draws them. That method reads the label column with `np.asarray(dataset[column])`, which in datasets
+    5.2 walks a lazy Column row by row (6 s per split of 120,000 rows, more than the split); its index generator, a
+    module-level function of `datasets.utils.stratify` (undocumented), takes the labels as one array."""
+    import numpy as np
+    from datasets.utils.stratify import stratified_shuffle_split_generate_indices
+
+    return next(stratified_shuffle_split_generate_indices(labels, n_train, n_test, rng=np.random.default_rng(seed)))
+
+
 class CheckpointHooks(ModelCheckpoint):
     """ModelCheckpoint's private steps under public names, for agnews.training.checkpointing.SafeCheckpoint: Lightning
     2.6 has no public way to write `last.ckpt` outside its top-k bookkeeping, nor to catch a failed write."""

@@ -106,6 +106,22 @@ def test_datasets_offline_reads_the_cache_only():
     assert datasets.config.HF_HUB_OFFLINE == before
 
 
+@pytest.mark.parametrize("n, test_size, seed", [(200, 37, 42), (1087, 100, 7), (41, 12, 0)])
+def test_stratified_indices_are_the_rows_train_test_split_draws(n, test_size, seed):
+    import numpy as np
+
+    from agnews.internals import stratified_indices
+
+    labels = np.random.default_rng(seed).integers(0, 4, n)
+    rows = datasets.Dataset.from_dict(
+        {"label": labels, "row": np.arange(n)},
+        features=datasets.Features({"label": datasets.ClassLabel(num_classes=4), "row": datasets.Value("int64")}),
+    )
+    parts = rows.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+    train, test = stratified_indices(labels, n - test_size, test_size, seed)
+    assert list(train) == parts["train"]["row"][:] and list(test) == parts["test"]["row"][:]
+
+
 PRIVATE = re.compile(
     r"\b(?:fit_loop|epoch_loop|batch_progress|val_check_batch|_attn_implementation|_fingerprint|_version)\b"
     r"|unittest\.mock|from unittest import mock|\b(?:trainer|model|config|dataset|tensor|param)\._[a-z]\w*"
