@@ -286,7 +286,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-batch-size", type=int, default=128, help="the Trainer contenders'")
     parser.add_argument(
-        "--agnews-eval-batch-size", type=int, help="agnews's (default: its own, by precision: fp32 32, bf16 128)"
+        "--agnews-eval-batch-size", type=int, help="agnews's (default: its own, by precision: fp32 32, bf16 64)"
     )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
@@ -319,7 +319,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result))
         return
 
-    from agnews.precision import CPU_BF16_FLAGS, cpu, cpu_bf16
+    from agnews.precision import CPU_BF16_FLAGS, cpu, cpu_bf16, eval_batch_size
 
     info, (native, why) = cpu(), cpu_bf16()
     shown = [
@@ -377,7 +377,7 @@ def main() -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, r in results.items():
-        agnews_eval_batch = args.agnews_eval_batch_size or (128 if precision == "bf16" else 32)
+        agnews_eval_batch = args.agnews_eval_batch_size or eval_batch_size(precision)
         r["label"] = CONTENDERS[name].format(precision=precision, agnews_eval_batch=agnews_eval_batch)
         print(
             f"| {r['label']} | {r['train_sps']:.1f} | {r['eval_sps']:.1f} | {r['peak_mib']:.0f} | "

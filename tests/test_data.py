@@ -144,7 +144,7 @@ def test_batches_are_padded_to_their_own_longest_row(data_dir, tiny_bert, tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("precision", "given", "expected"), [("32-true", None, 32), ("bf16-mixed", None, 128), ("32-true", 7, 7)]
+    ("precision", "given", "expected"), [("32-true", None, 32), ("bf16-mixed", None, 64), ("32-true", 7, 7)]
 )
 def test_evaluation_batches_are_sized_for_the_runs_precision(precision, given, expected, data_dir, tiny_bert, tmp_path):
     import lightning as L

@@ -53,7 +53,7 @@ class AGNewsDataModule(L.LightningDataModule):
                 (or the original headerless `class,title,description` CSVs).
             tokenizer: tokenizer name; the CLI links it to `model.backbone`.
             eval_batch_size: rows per validation/test/predict batch; None: the fastest measured for the run's
-                precision on a CPU (fp32 32, bf16 128; docs/performance.md), 128 on an accelerator.
+                precision on a CPU (fp32 32, bf16 64; docs/performance.md), 128 on an accelerator.
             val_size: validation rows carved out of train, stratified (a count, or a fraction if < 1).
             train_size: keep only this many training rows (stratified), to fit a CPU budget.
             test_size: evaluate on a stratified subset of the test split (quick checks only).

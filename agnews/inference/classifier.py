@@ -90,7 +90,7 @@ class Classifier:
             owned: the model is the Classifier's alone (`from_checkpoint`): int8 quantizes it in place instead
                 of a copy.
             batch_size: rows per forward pass; None: the fastest measured for the precision (fp32 and int8 32,
-                bf16 128).
+                bf16 64).
             precision: `auto` (bf16 where the CPU runs it natively, else fp32), `32` (fp32), `bf16` (autocast)
                 or `int8` (dynamic quantization of the linear layers). See docs/performance.md (Inference).
         """
