@@ -19,7 +19,7 @@ from agnews.inference.writer import PredictionWriter
 from agnews.internals import CLIHooks
 from agnews.modeling.backbone import CHECKPOINT_FILES_KEY, files_to_folder
 from agnews.modeling.module import AGNewsClassifier
-from agnews.precision import AUTO, choose, on_cpu
+from agnews.precision import AUTO, choose, choose_batch, on_cpu
 from agnews.sources import choose_defaults
 from agnews.training.bf16_weights import BF16Weights
 from agnews.training.budget import TimeBudget
@@ -171,10 +171,16 @@ class AGNewsCLI(CLIHooks):
         inherited = [
             f"{key}={config.data[key]}"
             for key in vars(config.data)
-            if key not in LINKED and self._checkpoint is not None and config.data[key] != first.data[key]
+            if key not in LINKED
+            and self._checkpoint is not None
+            and config.data[key] != first.data[key]
+            and not (key == "batch_size" and first.data[key] is None)  # left to the machine: no news
         ]
         if inherited:
             print(f"agnews: from the checkpoint's run: {', '.join(inherited)}", file=sys.stderr, flush=True)
+        if sub == "fit" and config.data.batch_size is None:  # the machine's batch, the rate scaled with it
+            batch, rate = choose_batch(config.trainer.precision, config.trainer.accelerator, config.model.learning_rate)
+            config.data.batch_size, config.model.learning_rate = batch, rate  # into config.yaml and checkpoints
         if sub == "fit" and config.trainer.get("max_time") and not config.get("print_config"):
             rule = config.checkpoint.monitor
             kept = f"the best {rule} ({config.checkpoint.mode}; a tie keeps the later)" if rule else "the final model"

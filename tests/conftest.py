@@ -197,6 +197,17 @@ def mpnet(minilm) -> str:
     return name
 
 
+@pytest.fixture
+def no_amx(monkeypatch):
+    """This process's CPU seen without AMX, so `fit` keeps the 16-row batch and its rate on every machine
+    (agnews.precision.train_batch_size; the AMX rule has its own tests)."""
+    from agnews import precision
+
+    info = precision.cpu()
+    flags = frozenset(f for f in info.flags or () if not f.startswith("amx"))
+    monkeypatch.setattr(precision, "cpu", lambda: precision.CPU(info.model, flags if info.flags else None))
+
+
 def fit_args(tiny_bert, data, root, *extra) -> list[str]:
     """`fit` flags for the tiny encoder on tiny data, everything written under `root`; later flags win."""
     return [

@@ -64,9 +64,10 @@ def run_flags(case: str, encoder: Path, data: Path, root: Path, teacher: Path) -
 
 
 @pytest.fixture
-def case_run(request, monkeypatch, tmp_path, data_dir, tiny_teacher):
+def case_run(request, monkeypatch, tmp_path, data_dir, tiny_teacher, no_amx):
     """(flags, encoder folder, pooling) of a case; for the default run, the hub probe and the two paths' encoder,
-    data and (offline) teacher file are replaced by tiny ones."""
+    data and (offline) teacher file are replaced by tiny ones. The 16-row batch on every CPU: the steps counted
+    below are its own."""
     case = request.param
     _, fixture, pooling = CASES[case]
     encoder = request.getfixturevalue(fixture)
@@ -214,7 +215,7 @@ def test_two_nodes_launched_by_torchrun(tiny_bert, data_dir, tmp_path, tiny_teac
                 "--config", str(CONFIGS / "offline.yaml"),
                 "--model.backbone", str(tiny_bert), "--data.dataset", str(data_dir),
                 "--data.teacher", str(tiny_teacher),
-                "--data.max_length", "32", "--data.val_size", "32", "--trainer.max_epochs", "2",
+                "--data.max_length", "32", "--data.val_size", "32", "--trainer.max_epochs", "2", "--data.batch_size", "16",
                 "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
                 "--data.cache_dir", str(node / "cache"), "--trainer.default_root_dir", str(node),
                 "--trainer.enable_progress_bar", "false", *BF16_PLUGIN,

@@ -25,7 +25,7 @@ def printed_config(capsys, *args) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_default_yaml_is_the_defaults_written_out(capsys):
+def test_default_yaml_is_the_defaults_written_out(capsys, no_amx):
     # `fit` alone and `fit --config configs/default.yaml` run the same thing: the file cannot drift from the code
     plain = printed_config(capsys)
     written = printed_config(capsys, "--config", str(ROOT / "configs" / "default.yaml"))
@@ -34,7 +34,7 @@ def test_default_yaml_is_the_defaults_written_out(capsys):
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.name != "default.yaml"], ids=lambda p: p.name)
-def test_each_config_alone_overrides_only_what_it_names(config, capsys):
+def test_each_config_alone_overrides_only_what_it_names(config, capsys, no_amx):
     plain = printed_config(capsys)
     alone = printed_config(capsys, "--config", str(config))
     alone.pop("config", None)

@@ -99,3 +99,32 @@ def test_gpus_keep_their_own_rule(monkeypatch, capsys):
     monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda: True)
     assert choose("auto", "gpu") == "bf16-mixed"
     assert "(GPU)" in capsys.readouterr().err
+
+
+AMX_FLAGS = SKYLAKE_FLAGS + " avx512_bf16 amx_bf16 amx_tile"
+
+
+@pytest.mark.parametrize(
+    "flags, native, run_precision, accelerator, batch",
+    [
+        (AMX_FLAGS, True, "auto", "cpu", 32),  # what `fit` runs on an AMX Xeon
+        (AMX_FLAGS, True, None, "cpu", 32),
+        (AMX_FLAGS, True, "bf16-mixed", "cpu", 32),
+        (AMX_FLAGS, True, "32-true", "cpu", 16),  # fp32 named: no faster at 32
+        (AMX_FLAGS, True, "auto", "gpu", 16),
+        (ZEN4_FLAGS, True, "auto", "cpu", 16),  # native bf16 without AMX: no faster at 32
+        (SKYLAKE_FLAGS, False, "auto", "cpu", 16),
+        (ZEN3_FLAGS, False, "auto", "cpu", 16),
+    ],
+)
+def test_the_training_batch_each_cpu_and_precision_resolve_to(
+    flags, native, run_precision, accelerator, batch, monkeypatch
+):
+    fake_cpu(monkeypatch, native, flags)
+    assert precision.train_batch_size(run_precision, accelerator) == batch
+
+
+def test_the_learning_rate_follows_a_chosen_batch_by_its_square_root():
+    assert precision.learning_rate_for(16, 1e-4) == 1e-4
+    assert precision.learning_rate_for(32, 1e-4) == pytest.approx(1e-4 * 2**0.5)
+    assert precision.learning_rate_for(64, 5e-5) == pytest.approx(1e-4)

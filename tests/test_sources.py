@@ -51,7 +51,7 @@ def run_args(tmp_path):
 
 
 def test_unset_encoder_and_data_fall_back_when_the_hub_is_unreachable(
-    hub, offline_default, tiny_bert, data_dir, tmp_path, monkeypatch, capsys, caplog
+    hub, offline_default, tiny_bert, data_dir, tmp_path, monkeypatch, capsys, caplog, no_amx
 ):
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["fit", *run_args(tmp_path)])
@@ -97,7 +97,7 @@ def print_config(args: list[str], capsys) -> dict:
 
 
 @pytest.mark.parametrize("online", [False, True])
-def test_what_the_user_gives_beats_the_choice(online, hub, offline_default, tiny_bert, data_dir, capsys):
+def test_what_the_user_gives_beats_the_choice(online, hub, offline_default, tiny_bert, data_dir, no_amx, capsys):
     hub["online"] = online
     chosen = print_config([], capsys)
     expected = (
@@ -241,3 +241,37 @@ def test_bundled_rows_are_the_real_copy():
         pytest.skip(f"needs {SHARED_AG_NEWS}")
     for name in ("train.parquet", "test.parquet"):
         assert (sources.BUNDLED_DATASET / name).read_bytes() == (SHARED_AG_NEWS / name).read_bytes()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_fit_chooses_the_training_batch_for_the_cpu_and_scales_the_rate_with_it(
+    amx, hub, offline_default, monkeypatch, capsys
+):
+    import yaml
+
+    from agnews import precision
+
+    flags = "avx2 avx512f avx512_bf16" + (" amx_bf16 amx_tile" if amx else "")
+    monkeypatch.setattr(precision, "cpu", lambda: precision.CPU("Test CPU", frozenset(flags.split())))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (True, "amx_bf16" if amx else "avx512_bf16"))
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["fit", *args, "--print_config"])
+        assert exit_info.value.code == 0
+        out, err = capsys.readouterr()
+        config = yaml.safe_load(out)
+        return config["data"]["batch_size"], config["model"]["learning_rate"], err
+
+    batch, rate, err = run()
+    if amx:  # 32 rows at the 16-row rate x sqrt(2), said in one line
+        assert (batch, rate) == (32, pytest.approx(1e-4 * 2**0.5))
+        assert "agnews: training batch 32 rows (bf16 on a CPU with AMX" in err and "--data.batch_size N" in err
+    else:
+        assert (batch, rate) == (16, 1e-4) and "training batch" not in err
+    # a typed rate is the 16-row one too; a typed batch takes the rate as given
+    assert run("--model.learning_rate", "3e-4")[:2] == (batch, pytest.approx(3e-4 * (batch / 16) ** 0.5))
+    assert run("--data.batch_size", "16")[:2] == (16, 1e-4)
+    assert run("--data.batch_size", "32")[:2] == (32, 1e-4)
+    # fp32 named on the AMX CPU: no faster at 32 rows
+    assert run("--trainer.precision", "32-true")[:2] == (16, 1e-4)

@@ -25,7 +25,7 @@ from agnews.data.token_cache import TokenCache
 from agnews.errors import AGNewsError
 from agnews.internals import batches_done_this_epoch, dataset_fingerprint
 from agnews.modeling import backbone
-from agnews.precision import eval_batch_size
+from agnews.precision import DEFAULT_TRAIN_BATCH, eval_batch_size
 
 
 class AGNewsDataModule(L.LightningDataModule):
@@ -34,7 +34,7 @@ class AGNewsDataModule(L.LightningDataModule):
         dataset: str = "fancyzhx/ag_news",
         tokenizer: str = "distilbert-base-uncased",
         max_length: int = 128,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         eval_batch_size: int | None = None,
         val_size: int | float = 0.1,
         train_size: int | float | None = None,
@@ -52,6 +52,8 @@ class AGNewsDataModule(L.LightningDataModule):
             dataset: hub id, or a local folder of parquet/CSV/JSONL files with `text` and `label` columns
                 (or the original headerless `class,title,description` CSVs).
             tokenizer: tokenizer name; the CLI links it to `model.backbone`.
+            batch_size: training rows per batch; None: 16 here, and the CLI's `fit` chooses it for the machine
+                (agnews.precision.train_batch_size: 32 with bf16 and AMX, the learning rate scaled to it).
             eval_batch_size: rows per validation/test/predict batch; None: the fastest measured for the run's
                 precision on a CPU (fp32 32, bf16 64; docs/performance.md), 128 on an accelerator.
             val_size: validation rows carved out of train, stratified (a count, or a fraction if < 1).
@@ -70,6 +72,7 @@ class AGNewsDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        self.hparams.batch_size = DEFAULT_TRAIN_BATCH if batch_size is None else batch_size
         if max_length < 2:
             raise AGNewsError(f"max_length={max_length} is too short; use at least 2 (e.g. 128)")
         self.cache = TokenCache(cache_dir, max_length, num_classes)
