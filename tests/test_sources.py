@@ -243,17 +243,21 @@ def test_bundled_rows_are_the_real_copy():
         assert (sources.BUNDLED_DATASET / name).read_bytes() == (SHARED_AG_NEWS / name).read_bytes()
 
 
+def native_bf16_cpu(monkeypatch, amx: bool) -> None:
+    from agnews import precision
+
+    flags = "avx2 avx512f avx512_bf16" + (" amx_bf16 amx_tile" if amx else "")
+    monkeypatch.setattr(precision, "cpu", lambda: precision.CPU("Test CPU", frozenset(flags.split())))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (True, "amx_bf16" if amx else "avx512_bf16"))
+
+
 @pytest.mark.parametrize("amx", [True, False])
 def test_fit_chooses_the_training_batch_for_the_cpu_and_scales_the_rate_with_it(
     amx, hub, offline_default, monkeypatch, capsys
 ):
     import yaml
 
-    from agnews import precision
-
-    flags = "avx2 avx512f avx512_bf16" + (" amx_bf16 amx_tile" if amx else "")
-    monkeypatch.setattr(precision, "cpu", lambda: precision.CPU("Test CPU", frozenset(flags.split())))
-    monkeypatch.setattr(precision, "cpu_bf16", lambda: (True, "amx_bf16" if amx else "avx512_bf16"))
+    native_bf16_cpu(monkeypatch, amx)
 
     def run(*args):
         with pytest.raises(SystemExit) as exit_info:
@@ -275,3 +279,28 @@ def test_fit_chooses_the_training_batch_for_the_cpu_and_scales_the_rate_with_it(
     assert run("--data.batch_size", "32")[:2] == (32, 1e-4)
     # fp32 named on the AMX CPU: no faster at 32 rows
     assert run("--trainer.precision", "32-true")[:2] == (16, 1e-4)
+
+
+def test_the_chosen_batch_and_rate_hold_across_resume_test_and_predict(
+    hub, offline_default, tmp_path, monkeypatch, capsys
+):
+    # the run's checkpoints hold the chosen batch and the scaled rate: a resume takes them, not scaled again
+    native_bf16_cpu(monkeypatch, amx=True)
+    monkeypatch.chdir(tmp_path)
+    first = cli_main(["fit", *run_args(tmp_path)])
+    assert (first.datamodule.hparams.batch_size, first.model.hparams.learning_rate) == (
+        32,
+        pytest.approx(1e-4 * 2**0.5),
+    )
+    assert first.trainer.global_step == 5  # 144 training rows in batches of 32 (16 would take 9)
+    resumed = cli_main(
+        ["fit", *run_args(tmp_path), "--trainer.max_epochs", "2", "--ckpt_path", "last", "--test", "true"]
+    )
+    assert resumed.datamodule.hparams.batch_size == 32 and resumed.trainer.global_step == 10
+    assert resumed.model.hparams.learning_rate == pytest.approx(1e-4 * 2**0.5)
+    assert capsys.readouterr().err.count("training batch 32 rows") == 1  # said by the fit that chose it
+    out = tmp_path / "predictions.csv"
+    cli_main(
+        ["predict", *run_args(tmp_path)[:4], "--prediction.output", str(out), "--trainer.enable_progress_bar", "false"]
+    )
+    assert len(out.read_text().splitlines()) == 1 + 80  # header + every test row
