@@ -10,6 +10,7 @@ import pytest
 from agnews import sources
 from agnews.data.loading import load_raw
 from agnews.train import cli_main
+from tests.test_precision import AMX_FLAGS, ZEN4_FLAGS, fake_cpu
 from tests.test_train import tiny_args
 
 
@@ -244,11 +245,7 @@ def test_bundled_rows_are_the_real_copy():
 
 
 def native_bf16_cpu(monkeypatch, amx: bool) -> None:
-    from agnews import precision
-
-    flags = "avx2 avx512f avx512_bf16" + (" amx_bf16 amx_tile" if amx else "")
-    monkeypatch.setattr(precision, "cpu", lambda: precision.CPU("Test CPU", frozenset(flags.split())))
-    monkeypatch.setattr(precision, "cpu_bf16", lambda: (True, "amx_bf16" if amx else "avx512_bf16"))
+    fake_cpu(monkeypatch, True, AMX_FLAGS if amx else ZEN4_FLAGS)
 
 
 @pytest.mark.parametrize("amx", [True, False])
