@@ -4,6 +4,8 @@ distilled fit and resume (its DDP run: tests/test_capabilities.py, offline.yaml)
 import hashlib
 import math
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -119,3 +121,67 @@ def test_a_distilled_fit_logs_both_losses_records_its_teacher_and_resumes_only_w
         cli_main(["fit", *flags, "--data.teacher", "null", "--trainer.max_epochs", "3", "--ckpt_path", str(last)])
     assert stop.value.code == 2
     assert "learned from teacher file" in capsys.readouterr().err
+
+
+def test_folds_deal_every_class_evenly_and_follow_their_seed():
+    from agnews.distill import fold_of_rows
+
+    labels = np.repeat(np.arange(4), [50, 31, 7, 12])
+    fold = fold_of_rows(labels, 5, seed=3)
+    assert sorted(np.unique(fold).tolist()) == [0, 1, 2, 3, 4]
+    for label in range(4):  # every class spread over the folds, one row apart at most
+        counts = np.bincount(fold[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    assert np.bincount(fold).max() - np.bincount(fold).min() <= 1  # and the folds one row apart in size
+    assert np.array_equal(fold, fold_of_rows(labels, 5, seed=3)) and not np.array_equal(
+        fold, fold_of_rows(labels, 5, 4)
+    )
+
+
+def test_out_of_fold_teachers_score_each_row_with_a_teacher_that_never_saw_it(tiny_bert, data_dir, tmp_path, capsys):
+    from agnews.checkpoints import find_checkpoint
+    from agnews.distill import fold_of_rows
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(f"trainer:\n  max_epochs: 1\ndata:\n  dataset: {data_dir}\ncheckpoint:\n  monitor: null\n")
+    out, work = tmp_path / "oof.parquet", tmp_path / "folds"
+    args = ["teacher", "--config", str(config), "--folds", "2", "--output", str(out), "--workdir", str(work)]
+    flags = ["--", *fit_args(tiny_bert, data_dir, tmp_path, "--data.val_size", "8")]
+    assert distill_main([*args, "--precision", "32", *flags]) == 0
+    teacher = read_teacher(out)
+    texts, labels = make_rows(40, seed=0)
+    assert teacher.meta["rows"] == rows_fingerprint(texts, labels) and teacher.labels.tolist() == labels
+    assert teacher.meta["folds"] == 2 and len(set(teacher.meta["fold_checkpoints"])) == 2
+    fold = fold_of_rows(np.asarray(labels), 2, seed=42)
+    for k in range(2):
+        here = work / f"fold-{k + 1}-of-2"
+        trained_on = pd.read_parquet(here / "data" / "train.parquet")
+        assert trained_on["text"].tolist() == [t for t, f in zip(texts, fold, strict=True) if f != k]
+        held = np.flatnonzero(fold == k)
+        checkpoint = find_checkpoint(here / "lightning_logs", "best")
+        own = Classifier.from_checkpoint(checkpoint, precision="32").logits([texts[i] for i in held])
+        assert torch.allclose(teacher.logits[held], own, atol=1e-5)  # each row scored by the teacher that never saw it
+    assert "out-of-fold logits" in capsys.readouterr().err
+
+    # a rerun reuses the finished folds (no new fit); a fold whose scoring was lost resumes its own run
+    (work / "fold-2-of-2" / "scores.pt").unlink()
+    assert distill_main([*args, "--precision", "32", *flags]) == 0
+    assert "fold 2 of 2: resuming the fit" in capsys.readouterr().err
+    assert [p.name for p in (work / "fold-1-of-2" / "lightning_logs").iterdir()] == ["version_0"]
+    assert [p.name for p in (work / "fold-2-of-2" / "lightning_logs").iterdir()] == ["version_0"]
+    assert torch.allclose(read_teacher(out).logits, teacher.logits, atol=1e-5)
+
+
+def test_out_of_fold_teachers_refuse_bad_settings_in_one_line(tmp_path, capsys):
+    config = tmp_path / "no-data.yaml"
+    config.write_text("trainer:\n  max_epochs: 1\n")
+    assert distill_main(["teacher", "--config", str(config), "--folds", "1"]) == 2
+    assert distill_main(["teacher", "--config", str(config)]) == 2
+    assert distill_main(["teacher", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "agnews: error: --folds 1: out-of-fold teachers need 2 folds or more (5 is usual)",
+        f"agnews: error: {config} names no dataset; pass --dataset FOLDER_OR_HUB_ID",
+        f"agnews: error: config {tmp_path / 'missing.yaml'} does not exist; pass a file such as configs/recipe.yaml",
+    ]
+    assert not (tmp_path / "teacher.parquet").exists()
