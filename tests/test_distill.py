@@ -3,6 +3,7 @@ distilled fit and resume (its DDP run: tests/test_capabilities.py, offline.yaml)
 
 import hashlib
 import math
+import signal
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from agnews.data.teacher import read_teacher, rows_fingerprint, write_teacher
 from agnews.distill import main as distill_main
 from agnews.inference import Classifier
 from agnews.train import cli_main
-from tests.conftest import fit_args, make_rows, write_split
+from tests.conftest import SignalAtStep, fit_args, make_rows, write_split
 
 
 def test_a_teacher_file_scores_every_training_row_and_names_its_rows_and_checkpoint(tiny_teacher, trained):
@@ -138,38 +139,57 @@ def test_folds_deal_every_class_evenly_and_follow_their_seed():
     )
 
 
-def test_out_of_fold_teachers_score_each_row_with_a_teacher_that_never_saw_it(tiny_bert, data_dir, tmp_path, capsys):
+def test_out_of_fold_teachers_score_each_row_with_a_teacher_that_never_saw_it(
+    tiny_bert, data_dir, tmp_path, capsys, monkeypatch
+):
+    import agnews.train
     from agnews.checkpoints import find_checkpoint
     from agnews.distill import fold_of_rows
 
     config = tmp_path / "teacher.yaml"
     config.write_text(f"trainer:\n  max_epochs: 1\ndata:\n  dataset: {data_dir}\ncheckpoint:\n  monitor: null\n")
-    out, work = tmp_path / "oof.parquet", tmp_path / "folds"
-    args = ["teacher", "--config", str(config), "--folds", "2", "--output", str(out), "--workdir", str(work)]
     flags = ["--", *fit_args(tiny_bert, data_dir, tmp_path, "--data.val_size", "8")]
-    assert distill_main([*args, "--precision", "32", *flags]) == 0
-    teacher = read_teacher(out)
+
+    def teacher(name: str) -> list[str]:
+        out, work = tmp_path / f"{name}.parquet", tmp_path / name
+        return ["teacher", "--config", str(config), "--folds", "2", "--output", str(out), "--workdir", str(work)]
+
+    assert distill_main([*teacher("whole"), "--precision", "32", *flags]) == 0
+    made = read_teacher(tmp_path / "whole.parquet")
     texts, labels = make_rows(40, seed=0)
-    assert teacher.meta["rows"] == rows_fingerprint(texts, labels) and teacher.labels.tolist() == labels
-    assert teacher.meta["folds"] == 2 and len(set(teacher.meta["fold_checkpoints"])) == 2
+    assert made.meta["rows"] == rows_fingerprint(texts, labels) and made.labels.tolist() == labels
+    assert made.meta["folds"] == 2 and len(set(made.meta["fold_checkpoints"])) == 2
     fold = fold_of_rows(np.asarray(labels), 2, seed=42)
     for k in range(2):
-        here = work / f"fold-{k + 1}-of-2"
+        here = tmp_path / "whole" / f"fold-{k + 1}-of-2"
         trained_on = pd.read_parquet(here / "data" / "train.parquet")
         assert trained_on["text"].tolist() == [t for t, f in zip(texts, fold, strict=True) if f != k]
         held = np.flatnonzero(fold == k)
         checkpoint = find_checkpoint(here / "lightning_logs", "best")
         own = Classifier.from_checkpoint(checkpoint, precision="32").logits([texts[i] for i in held])
-        assert torch.allclose(teacher.logits[held], own, atol=1e-5)  # each row scored by the teacher that never saw it
+        assert torch.allclose(made.logits[held], own, atol=1e-5)  # each row scored by the teacher that never saw it
     assert "out-of-fold logits" in capsys.readouterr().err
 
-    # a rerun reuses the finished folds (no new fit); a fold whose scoring was lost resumes its own run
-    (work / "fold-2-of-2" / "scores.pt").unlink()
-    assert distill_main([*args, "--precision", "32", *flags]) == 0
-    assert "fold 2 of 2: resuming the fit" in capsys.readouterr().err
-    assert [p.name for p in (work / "fold-1-of-2" / "lightning_logs").iterdir()] == ["version_0"]
-    assert [p.name for p in (work / "fold-2-of-2" / "lightning_logs").iterdir()] == ["version_0"]
-    assert torch.allclose(read_teacher(out).logits, teacher.logits, atol=1e-5)
+    # Ctrl-C in the second fold's fit: the command stops as a fit does (130), the finished fold is kept, and the
+    # next run resumes the stopped fit from its last.ckpt, to the same teacher as the run that was never stopped
+    fits = []
+
+    def second_fit_interrupted(args, callbacks=()):
+        fits.append(args)
+        stop = (SignalAtStep(2, signal.SIGINT),) if len(fits) == 2 else ()
+        return cli_main(args, callbacks=(*callbacks, *stop))
+
+    monkeypatch.setattr(agnews.train, "cli_main", second_fit_interrupted)
+    with pytest.raises(SystemExit) as stop:
+        distill_main([*teacher("stopped"), "--precision", "32", *flags])
+    assert stop.value.code == 130 and not (tmp_path / "stopped.parquet").exists()
+    assert distill_main([*teacher("stopped"), "--precision", "32", *flags]) == 0
+    assert len(fits) == 3 and "fold 2 of 2: resuming the fit" in capsys.readouterr().err
+    for k in range(2):
+        assert [p.name for p in (tmp_path / "stopped" / f"fold-{k + 1}-of-2" / "lightning_logs").iterdir()] == [
+            "version_0"
+        ]
+    assert torch.allclose(read_teacher(tmp_path / "stopped.parquet").logits, made.logits, atol=1e-4)
 
 
 def test_out_of_fold_teachers_refuse_bad_settings_in_one_line(tmp_path, capsys):
