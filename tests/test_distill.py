@@ -205,3 +205,14 @@ def test_out_of_fold_teachers_refuse_bad_settings_in_one_line(tmp_path, capsys):
         f"agnews: error: config {tmp_path / 'missing.yaml'} does not exist; pass a file such as configs/recipe.yaml",
     ]
     assert not (tmp_path / "teacher.parquet").exists()
+
+
+@pytest.mark.parametrize("name", ["mpnet-recipe.parquet", "mpnet-recipe-5fold.parquet"])
+def test_each_shipped_teacher_file_fits_the_bundled_rows(name):
+    from agnews.sources import BUNDLED_DATASET, BUNDLED_TEACHER
+
+    teacher = read_teacher(BUNDLED_TEACHER.parent / name)
+    pool = pd.read_parquet(BUNDLED_DATASET / "train.parquet")
+    assert teacher.meta["rows"] == rows_fingerprint(pool["text"].tolist(), pool["label"].tolist())
+    # the in-fold teacher scored the rows it trained on; the out-of-fold ones, rows they never saw
+    assert (teacher.meta.get("folds"), teacher.accuracy() > 0.95) == ((5, False) if "5fold" in name else (None, True))
