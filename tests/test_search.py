@@ -71,6 +71,9 @@ def test_a_tiny_search_resumes_prunes_survives_ctrl_c_and_writes_a_loadable_best
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # SIGINT at its default, as under a terminal: a test run started in the background (`cmd &` in a script)
+        # hands its children SIGINT ignored; two such runs saw the search exit 0 after Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in process.stderr:
         if line.startswith("agnews: trial 3:"):
