@@ -24,6 +24,11 @@ def test_the_plan_fills_the_budget_with_training_and_validation():
     # a typed max_epochs caps it: the earlier of the two
     p = plan(600, 0.5, 10, max_steps=300)
     assert (p.total_steps, p.val_every) == (300, 60)
+    # at most one validation per planned epoch: 2 minutes at 0.2 s a step and 306 steps an epoch is 1.9 epochs
+    p = plan(120, 0.2, 2, steps_per_epoch=306)
+    assert (p.total_steps, p.val_every, p.validations) == (580, 290, 2)
+    assert plan(120, 0.2, 2, steps_per_epoch=1000).validations == 1
+    assert plan(600, 0.2, 2, steps_per_epoch=306).validations == 5  # 9.6 epochs: the cap
 
 
 def test_the_schedule_warms_up_then_reaches_zero_at_the_last_step_and_resizes():
@@ -82,9 +87,10 @@ class _Timer(Timer):
         return self.seconds
 
 
-def _simulate(monkeypatch, budget_seconds: float, step_seconds, val_seconds: float, max_epochs: int = -1):
+def _simulate(monkeypatch, budget_seconds, step_seconds, val_seconds, max_epochs=-1, write_seconds=0.0):
     """Drives TimeBudget as Lightning's loop does, on a patched clock: steps cost `step_seconds(step)`,
-    validations `val_seconds`, at the cadence the budget set, and once more when it asks the run to stop."""
+    validations `val_seconds` and then `write_seconds` of checkpoint writes (ModelCheckpoint's hooks run after
+    the other callbacks'), at the cadence the budget set, and once more when it asks the run to stop."""
     now = [0.0]
     monkeypatch.setattr(budget_module.time, "perf_counter", lambda: now[0])
     epoch_loop = SimpleNamespace(max_steps=-1)
@@ -103,8 +109,10 @@ def _simulate(monkeypatch, budget_seconds: float, step_seconds, val_seconds: flo
         callback.on_validation_start(trainer, module)
         now[0] += val_seconds
         callback.on_validation_end(trainer, module)
+        now[0] += write_seconds
 
     while not trainer.should_stop and trainer.global_step < 100_000:
+        callback.on_train_batch_start(trainer, module, None, trainer.global_step)
         now[0] += step_seconds(trainer.global_step)
         trainer.global_step += 1
         callback.on_train_batch_end(trainer, module, None, None, trainer.global_step - 1)
@@ -125,3 +133,11 @@ def test_the_budget_ends_within_5_percent_and_follows_a_drifting_pace(monkeypatc
     # a typed max_epochs that ends first: the earlier of the two (2 epochs of 300 steps)
     seconds, trainer, callback, schedule = _simulate(monkeypatch, 600, lambda step: 0.5, 8.0, max_epochs=2)
     assert trainer.global_step == schedule.total == 600 and seconds < 0.95 * 600
+
+
+def test_checkpoint_writes_count_as_validation_not_as_steps(monkeypatch):
+    # 0.2 s a step, validations of 2 s each followed by 3 s of checkpoint writes, 10 minutes (10 epochs of 300)
+    seconds, trainer, callback, schedule = _simulate(monkeypatch, 600, lambda step: 0.2, 2.0, write_seconds=3.0)
+    assert 0.95 * 600 <= seconds <= 600 and trainer.global_step == schedule.total
+    assert callback._val_seconds == pytest.approx(5.0)  # the pass and its writes, not the pass alone
+    assert callback._pace == pytest.approx(0.2)  # the pace the last re-plan used: the writes did not slow it

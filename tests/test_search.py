@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -12,8 +13,10 @@ from optuna.trial import TrialState
 from agnews.errors import AGNewsError
 from agnews.search import duration, main
 from agnews.train import cli_main
+from agnews.training.budget import TimeBudget, plan
 from agnews.tuning.results import flags_to_dict
 from agnews.tuning.space import build_space
+from agnews.tuning.study import TrialPruning
 from tests.conftest import fit_args
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -30,6 +33,15 @@ def test_pass_through_fit_flags_become_nested_settings():
 
 def _study(folder: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def test_every_trial_validates_as_often_whatever_its_epochs():
+    # a budgeted fit validates at most once per planned epoch; a trial validates 5 times, as every other trial,
+    # so that the pruner's k-th validation is at the same share of each trial's budget
+    budget = TimeBudget()
+    TrialPruning(trial=None).on_fit_start(SimpleNamespace(callbacks=[budget]), None)
+    assert budget.per_epoch is False
+    assert plan(120, 0.2, 2).validations == 5 and plan(120, 0.2, 2, steps_per_epoch=306).validations == 2
 
 
 def test_a_tiny_search_resumes_prunes_survives_ctrl_c_and_writes_a_loadable_best_yaml(

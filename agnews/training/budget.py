@@ -41,11 +41,22 @@ class Plan:
     validations: int
 
 
-def plan(seconds: float, step_seconds: float, val_seconds: float, max_steps: int | None = None, validations: int = 5):
+def plan(
+    seconds: float,
+    step_seconds: float,
+    val_seconds: float,
+    max_steps: int | None = None,
+    validations: int = 5,
+    steps_per_epoch: int | None = None,
+):
     """Optimizer steps, and validations every `val_every` of them, that fill `seconds`: at most a quarter of the
-    budget goes to validation, and the last step is a validation step."""
+    budget goes to validation, at most one validation per epoch planned (under a linear decay to zero the models
+    of a short run's first half are not the ones to keep), and the last step is a validation step."""
     validations = max(1, min(validations, int(0.25 * seconds / max(val_seconds, 1e-9))))
     total = int((seconds - validations * val_seconds) / step_seconds)
+    if steps_per_epoch and round(total / steps_per_epoch) < validations:
+        validations = max(1, round(total / steps_per_epoch))
+        total = int((seconds - validations * val_seconds) / step_seconds)
     if max_steps is not None and max_steps > 0:
         total = min(total, max_steps)
     val_every = max(1, total // validations)
@@ -61,15 +72,20 @@ class TimeBudget(Callback):
     """Sizes the run to `--trainer.max_time` (inactive without it): the pace is measured over `measure` optimizer
     steps, and re-checked every tenth of the run and after each validation."""
 
-    def __init__(self, measure: int = 20, validations: int = 5):
-        self.measure, self.validations = measure, validations
+    def __init__(self, measure: int = 20, validations: int = 5, per_epoch: bool = True):
+        # per_epoch: at most one validation per planned epoch (False: always `validations`, so that the k-th
+        # validation of every run falls at the same share of its budget, as a search's pruner compares them)
+        self.measure, self.validations, self.per_epoch = measure, validations, per_epoch
         self.plan: Plan | None = None
         self._budget = 0.0
         self._val_seconds = 0.0  # one validation pass
         self._val_spent = 0.0  # all validation so far
         self._val_start = 0.0
+        self._val_open = False  # a validation ended and its checkpoint writes are still on its clock
         self._started = 0.0
         self._first: tuple[float, int] | None = None  # (clock, step) after the first step: warm-up left out
+        self._window: tuple[float, int, float] = (0.0, 0, 0.0)  # (clock, step, validation so far) the pace counts from
+        self._pace = 0.0  # seconds per step, the last measured
         self._next_check = 0
         self._cadence = 1  # the validation interval first planned: re-plans stay near it
 
@@ -86,9 +102,14 @@ class TimeBudget(Callback):
             self._started = time.perf_counter()
 
     def _step_seconds(self, trainer) -> float:
-        clock_at, step = self._first
-        spent = time.perf_counter() - clock_at - self._val_spent
-        return spent / max(1, trainer.global_step - step)
+        """Seconds a step over the steps since the last re-check (validation left out): the pace now, not the
+        run's average, which lags behind a machine that slowed down and keeps the first steps' one-off costs."""
+        clock_at, step, val_spent = self._window
+        steps = trainer.global_step - step
+        if steps >= self.measure or not self._pace:
+            self._pace = (time.perf_counter() - clock_at - (self._val_spent - val_spent)) / max(1, steps)
+            self._window = (time.perf_counter(), trainer.global_step, self._val_spent)
+        return self._pace
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.active(trainer):
@@ -99,6 +120,7 @@ class TimeBudget(Callback):
         if self._first is None:
             if trainer.global_step >= 1:
                 self._first = (time.perf_counter(), trainer.global_step)
+                self._window = (*self._first, 0.0)
             return
         if self.plan is None and trainer.global_step - self._first[1] >= self.measure:
             step_seconds = self._step_seconds(trainer)
@@ -119,7 +141,8 @@ class TimeBudget(Callback):
         reserve = max(0.02 * self._budget, 3 * step_seconds, 0.5)
         left = self._budget - (time.perf_counter() - self._started) - reserve
         if self.plan is None:
-            first = plan(left, step_seconds, self._val_seconds, None, self.validations)
+            epoch = trainer.num_training_batches // trainer.accumulate_grad_batches if self.per_epoch else None
+            first = plan(left, step_seconds, self._val_seconds, None, self.validations, epoch)
             target, self._cadence = done + first.total_steps, first.val_every
         else:
             validations_left = (self.plan.total_steps - done) // self._cadence + 1  # the final one included
@@ -145,6 +168,14 @@ class TimeBudget(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self.active(trainer) or self.plan is None:
             return
+        # the checkpoints written after a validation (Lightning runs ModelCheckpoint's hooks last) are part of its
+        # cost, not of the steps': it is closed at the next training batch
+        self._val_open = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._val_open:
+            return
+        self._val_open = False
         self._val_seconds = time.perf_counter() - self._val_start
         self._val_spent += self._val_seconds
         if trainer.global_step < self.plan.total_steps:

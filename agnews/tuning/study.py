@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from agnews.errors import AGNewsError
 from agnews.train import cli_main
+from agnews.training.budget import TimeBudget
 from agnews.tuning.results import report, settings_base
 from agnews.tuning.space import OBJECTIVE, build_space, contains, describe, installed_encoders, setting_of, suggest
 
@@ -29,6 +30,10 @@ class TrialPruning(Callback):
     def __init__(self, trial: optuna.Trial):
         self.trial = trial
         self.validations = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for budget in (c for c in trainer.callbacks if isinstance(c, TimeBudget)):
+            budget.per_epoch = False  # every trial validates as often, so the pruner compares like with like
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(OBJECTIVE)
