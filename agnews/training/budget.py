@@ -78,13 +78,13 @@ class TimeBudget(Callback):
         self.measure, self.validations, self.per_epoch = measure, validations, per_epoch
         self.plan: Plan | None = None
         self._budget = 0.0
-        self._val_seconds = 0.0  # one validation pass
+        self._val_seconds = 0.0  # one validation pass, with the checkpoints written after it
         self._val_spent = 0.0  # all validation so far
         self._val_start = 0.0
         self._val_open = False  # a validation ended and its checkpoint writes are still on its clock
         self._started = 0.0
-        self._first: tuple[float, int] | None = None  # (clock, step) after the first step: warm-up left out
-        self._window: tuple[float, int, float] = (0.0, 0, 0.0)  # (clock, step, validation so far) the pace counts from
+        # (clock, step, validation so far) the pace counts from; first set after the first step: warm-up left out
+        self._window: tuple[float, int, float] | None = None
         self._pace = 0.0  # seconds per step, the last measured
         self._next_check = 0
         self._cadence = 1  # the validation interval first planned: re-plans stay near it
@@ -117,12 +117,11 @@ class TimeBudget(Callback):
         if self.plan is not None and trainer.global_step >= self.plan.total_steps:
             trainer.should_stop = True  # Lightning validates on a requested stop: the final model is scored
             return
-        if self._first is None:
+        if self._window is None:
             if trainer.global_step >= 1:
-                self._first = (time.perf_counter(), trainer.global_step)
-                self._window = (*self._first, 0.0)
+                self._window = (time.perf_counter(), trainer.global_step, 0.0)
             return
-        if self.plan is None and trainer.global_step - self._first[1] >= self.measure:
+        if self.plan is None and trainer.global_step - self._window[1] >= self.measure:
             step_seconds = self._step_seconds(trainer)
             # until a validation has run: a forward pass costs about a third of a training step, per row
             val_rows = len(getattr(trainer.datamodule, "val_set", None) or [])
