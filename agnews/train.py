@@ -61,6 +61,8 @@ class Trainer(L.Trainer):
             if auto and precision == "bf16-mixed" and on_cpu(accelerator):
                 precision, plugins = None, [*plugins, BF16Weights()]
         super().__init__(*args, accelerator=accelerator, precision=precision, plugins=plugins or None, **kwargs)
+        if not self.loggers:  # `--trainer.logger false`: no curves to draw, and Lightning's monitor refuses to start
+            self.callbacks = [c for c in self.callbacks if not isinstance(c, LearningRateMonitor)]
 
     def fit(
         self,
@@ -213,6 +215,13 @@ class AGNewsCLI(CLIHooks):
             return
         config = self.config[sub]
         self._runs_before = set(runs(self._log_root(config)))
+        if (
+            config.trainer.get("enable_checkpointing") is False
+        ):  # Lightning refuses it beside the CLI's checkpoint callback
+            raise AGNewsError(
+                "--trainer.enable_checkpointing false: checkpoints are set by --checkpoint.*; "
+                "for none, --checkpoint.save_top_k 0 --checkpoint.save_last false"
+            )
         if sub == "predict" and config.prediction.int8 and str(config.trainer.precision) == AUTO:
             config.trainer.precision = "32-true"  # int8 layers take fp32 inputs, not bf16
         if config.get("ckpt_path"):

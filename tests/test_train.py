@@ -242,3 +242,26 @@ def test_own_data_with_three_text_classes_trains_and_predicts_their_names(tiny_b
     cli_main([*args, "--model.num_classes", "3", "--trainer.max_epochs", "1"])
     clf = Classifier.from_checkpoint("last", log_root=tmp_path / "lightning_logs")
     assert {p.label for p in clf.predict(texts[:6])} <= set(names)
+
+
+def test_a_fit_without_a_logger_trains(tiny_bert, data_dir, tmp_path, monkeypatch):
+    # the learning-rate curve needs a logger; without one the run goes on without the curve
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(
+        ["fit", *tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.max_epochs", "1", "--trainer.logger", "false"]
+    )
+    assert cli.trainer.loggers == [] and Path(cli.trainer.checkpoint_callback.best_model_path).is_file()
+
+
+def test_checkpointing_off_is_a_one_line_error_that_names_the_way(tiny_bert, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*tiny_args(tiny_bert, data_dir, tmp_path), "--trainer.max_epochs", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--trainer.enable_checkpointing", "false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--checkpoint.save_top_k 0 --checkpoint.save_last false" in err and "Traceback" not in err
+    assert not list((tmp_path / "lightning_logs").glob("version_*"))
+    # the way it names: a fit that writes no checkpoint
+    cli = cli_main(["fit", *args, "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"])
+    assert not list(tmp_path.rglob("*.ckpt")) and cli.trainer.global_step > 0
