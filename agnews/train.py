@@ -215,9 +215,8 @@ class AGNewsCLI(CLIHooks):
             return
         config = self.config[sub]
         self._runs_before = set(runs(self._log_root(config)))
-        if (
-            config.trainer.get("enable_checkpointing") is False
-        ):  # Lightning refuses it beside the CLI's checkpoint callback
+        # Lightning refuses it beside the CLI's own checkpoint callback, with a traceback
+        if config.trainer.get("enable_checkpointing") is False:
             raise AGNewsError(
                 "--trainer.enable_checkpointing false: checkpoints are set by --checkpoint.*; "
                 "for none, --checkpoint.save_top_k 0 --checkpoint.save_last false"
