@@ -213,7 +213,8 @@ class AGNewsClassifier(L.LightningModule):
             self.log(f"{stage}_kd", kd, on_step=True, on_epoch=True, batch_size=size)
             weight = self.hparams.distill_weight
             loss = (1 - weight) * loss + weight * kd
-        metric(logits, batch["labels"])
+        # update, not forward: the metrics are logged per epoch, so a per-batch value would be computed for nothing
+        metric.update(logits, batch["labels"])
         on_step = stage == "train"
         # evaluation losses are averaged over every process (DDP), as the torchmetrics objects are
         self.log(
@@ -227,7 +228,7 @@ class AGNewsClassifier(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self._step(batch, "val", self.val_acc)
-        self.val_f1(logits, batch["labels"])
+        self.val_f1.update(logits, batch["labels"])
         self.log("val_f1", self.val_f1, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
