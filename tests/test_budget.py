@@ -38,6 +38,7 @@ def test_the_schedule_warms_up_then_reaches_zero_at_the_last_step_and_resizes():
     assert schedule(20) == 1.0 and schedule(110) == pytest.approx(0.5) and schedule(200) == 0.0
 
 
+@pytest.mark.timing
 def test_a_budgeted_fit_ends_on_time_with_the_rate_at_zero(tiny_bert, data_dir, tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.chdir(tmp_path)
     start = time.perf_counter()

@@ -44,6 +44,7 @@ def test_every_trial_validates_as_often_whatever_its_epochs():
     assert plan(120, 0.2, 2).validations == 5 and plan(120, 0.2, 2, steps_per_epoch=306).validations == 2
 
 
+@pytest.mark.timing
 def test_a_tiny_search_resumes_prunes_survives_ctrl_c_and_writes_a_loadable_best_yaml(
     tiny_bert, data_dir, tmp_path, capsys
 ):

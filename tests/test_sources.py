@@ -126,6 +126,7 @@ def test_named_encoder_and_data_skip_the_probe(hub, tiny_bert, data_dir, capsys)
     assert named["model"].get("chosen_by") is None and named["model"]["pooling"] == "cls"
 
 
+@pytest.mark.timing
 def test_named_hub_model_fails_in_seconds_with_one_line(tmp_path, data_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
 
