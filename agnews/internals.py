@@ -100,7 +100,12 @@ class CheckpointHooks(ModelCheckpoint):
 
 class CLIHooks(LightningCLI):
     """LightningCLI with a hook after a subcommand failed, for agnews.train: a callback's `on_exception` runs
-    before Lightning closes the logger, whose writer then puts a deleted run folder back."""
+    before Lightning closes the logger, whose writer then puts a deleted run folder back. And without Lightning's
+    step that writes a checkpoint's hyperparameters over the parsed config (`--ckpt_path`): a typed `--model.x`
+    lost to them; agnews.train makes them defaults instead, which typed flags and `--config` files override."""
+
+    def _parse_ckpt_path(self) -> None:
+        pass
 
     def on_run_failed(self, subcommand: str, error: BaseException) -> None:
         """Called with the exception that stopped `subcommand`, which is then raised again."""

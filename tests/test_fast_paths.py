@@ -47,7 +47,7 @@ def test_evaluating_gives_the_callers_mode_and_kernel_back(tiny_bert):
     model = AGNewsClassifier(backbone=str(tiny_bert), attention="eager").model.train()
     fast = FastPaths(model)
     with fast.evaluating():
-        assert not model.training and attention_of(model) == "sdpa"
+        assert not model.training and attention_of(model) == fast.evaluation_attention
     assert model.training and attention_of(model) == "eager"
 
 

@@ -59,6 +59,8 @@ def test_lightning_cli_runs_subcommands_as_written_against():
     from lightning.pytorch.cli import LightningCLI
 
     assert list(inspect.signature(LightningCLI._run_subcommand).parameters) == ["self", "subcommand"]
+    # agnews.internals.CLIHooks leaves this step out: it must still be the one that reads `--ckpt_path`
+    assert "ckpt_path" in inspect.getsource(LightningCLI._parse_ckpt_path)
 
 
 def test_training_length_and_the_epoch_position_are_the_loops_own(tiny_bert, data_dir, tmp_path):

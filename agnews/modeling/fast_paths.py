@@ -6,7 +6,9 @@ off, with the plain model):
   `--model.first_token_only false`);
 - the frozen layers' outputs kept from the first epoch for the later ones (agnews.modeling.frozen_outputs; off:
   `--model.frozen_outputs_gb 0`);
-- the attention kernel per stage: eager or SDPA while training, SDPA for evaluation (`--model.attention`).
+- the attention kernel per stage: eager or SDPA while training (`--model.attention`), SDPA for evaluation,
+  its keys padded to a multiple of 16 under bf16 on a CPU with AMX (agnews.modeling.attention; off:
+  `--model.padded_attention false`).
 The LightningModule and the `Classifier` apply them only through `around()` and `use_attention()`.
 """
 
@@ -15,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from torch import nn
 
 from agnews.internals import attention_of, can_switch_attention
+from agnews.modeling.attention import evaluation_attention
 from agnews.modeling.first_token import FirstTokenLayer
 from agnews.modeling.frozen_outputs import FrozenOutputs
 
@@ -29,8 +32,9 @@ def use_attention(model: nn.Module, implementation: str | None) -> None:
 class FastPaths:
     """The fast paths of one Hugging Face sequence classifier (`model`)."""
 
-    def __init__(self, model: nn.Module, first_token: bool = True):
+    def __init__(self, model: nn.Module, first_token: bool = True, padded_attention: bool = True):
         self.model = model
+        self.evaluation_attention = evaluation_attention(padded_attention)
         # a first-token head reads one row of the last layer: only that row is computed
         self.first_token = FirstTokenLayer.for_model(model) if first_token else None
         self.frozen_outputs: FrozenOutputs | None = None
@@ -64,13 +68,16 @@ class FastPaths:
     def use_attention(self, implementation: str | None) -> None:
         use_attention(self.model, implementation)
 
+    def use_evaluation_attention(self) -> None:
+        use_attention(self.model, self.evaluation_attention)
+
     @contextmanager
     def evaluating(self):
-        """Eval mode and the fastest evaluation kernel on a CPU (SDPA); the model's own mode and kernel back
-        afterwards (a model the caller owns stays as it was)."""
+        """Eval mode and the fastest evaluation kernel; the model's own mode and kernel back afterwards (a model
+        the caller owns stays as it was)."""
         training, attention = self.model.training, attention_of(self.model)
         self.model.eval()
-        self.use_attention("sdpa")
+        self.use_evaluation_attention()
         try:
             yield
         finally:

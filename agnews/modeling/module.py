@@ -48,6 +48,7 @@ class AGNewsClassifier(L.LightningModule):
         distill_weight: float = 0.8,
         distill_temperature: float = 4.0,
         first_token_only: bool = True,
+        padded_attention: bool = True,
     ):
         """
         Args:
@@ -62,7 +63,7 @@ class AGNewsClassifier(L.LightningModule):
                 On a CPU, drawing dropout masks costs about a fifth of a training step.
             attention: attention implementation while training (`eager`, `sdpa`; None: the transformers
                 default, SDPA; `auto`: eager under bf16 autocast, where SDPA's CPU kernel is slow, SDPA under
-                fp32). Evaluation always runs SDPA (docs/performance.md).
+                fp32). Evaluation runs SDPA (docs/performance.md).
             class_names: set from the data at fit time; saved so a checkpoint can name its predictions.
             backbone_config: set from the backbone at first load; a checkpoint rebuilds the encoder from it
                 without downloading or reading the original weights.
@@ -84,6 +85,8 @@ class AGNewsClassifier(L.LightningModule):
             distill_temperature: the temperature both distributions are softened by (1: plain softmax).
             first_token_only: with a first-token head (`pooling cls`), compute the last layer at the first token
                 only (agnews.modeling.first_token: the same logits); False: the whole layer, as transformers does.
+            padded_attention: evaluate with SDPA's keys padded to a multiple of 16 under bf16 on a CPU with AMX
+                (agnews.modeling.attention: the same logits to bf16 rounding, faster); False: plain SDPA.
         """
         super().__init__()
         if not 0 <= warmup_ratio < 1:
@@ -130,7 +133,7 @@ class AGNewsClassifier(L.LightningModule):
             raise AGNewsError(
                 f"the checkpoint's head has {self.model.config.num_labels} classes, not num_classes={num_classes}"
             )
-        self.fast = FastPaths(self.model, first_token=first_token_only)
+        self.fast = FastPaths(self.model, first_token=first_token_only, padded_attention=padded_attention)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # plain accuracy (micro): torchmetrics' default is the macro average, i.e. balanced accuracy
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -186,17 +189,17 @@ class AGNewsClassifier(L.LightningModule):
         self.fast.end_fit()
 
     def on_validation_start(self) -> None:
-        self.fast.use_attention("sdpa")
+        self.fast.use_evaluation_attention()
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "fit":
             self.fast.use_attention(self.training_attention())
 
     def on_test_start(self) -> None:
-        self.fast.use_attention("sdpa")
+        self.fast.use_evaluation_attention()
 
     def on_predict_start(self) -> None:
-        self.fast.use_attention("sdpa")
+        self.fast.use_evaluation_attention()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stage: str | None = None) -> torch.Tensor:
         with self.fast.around(stage, input_ids, attention_mask):
