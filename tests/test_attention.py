@@ -52,7 +52,9 @@ def test_padded_keys_give_sdpas_attention(mask):
     [(AMX_FLAGS, PADDED_SDPA), (ZEN4_FLAGS, "sdpa"), (SKYLAKE_FLAGS, "sdpa"), (ZEN3_FLAGS, "sdpa"), (None, "sdpa")],
 )
 def test_evaluation_attention_each_cpu_resolves_to(flags, chosen, monkeypatch):
-    monkeypatch.setattr(precision, "cpu", lambda: precision.CPU("Test CPU", frozenset(flags.split()) if flags else None))
+    monkeypatch.setattr(
+        precision, "cpu", lambda: precision.CPU("Test CPU", frozenset(flags.split()) if flags else None)
+    )
     assert evaluation_attention() == chosen
     assert evaluation_attention(padded=False) == "sdpa"
 
