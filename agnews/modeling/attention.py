@@ -1,7 +1,7 @@
 """Evaluation attention for bf16 on a CPU with AMX: SDPA with the keys padded to a multiple of 16.
 
 torch 2.13's CPU flash-attention kernel runs bf16 keys in blocks of 16 on AMX, and the last, partial block costs
-about as much per key as all the others together: over 64 rows of MiniLM (12 heads of 32), a self-attention
+about as much as all the full ones together: over 64 rows of MiniLM (12 heads of 32), a self-attention
 over 47 keys took 4.7 ms, over 48 keys 2.1 ms. Padding the keys and values with masked zeros to the next multiple
 of 16 makes the tail a full block: 0.5-0.9x SDPA's time from 4 keys past a multiple of 16 upwards, 0.85-1.3x
 below that (the mask's cost), and slower for a single query (the first-token layer), so those keep plain SDPA.
