@@ -9,7 +9,8 @@ off, with the plain model):
 - the attention kernel per stage: eager or SDPA while training (`--model.attention`), SDPA for evaluation,
   its keys padded to a multiple of 16 under bf16 on a CPU with AMX (agnews.modeling.attention; off:
   `--model.padded_attention false`).
-The LightningModule and the `Classifier` apply them only through `around()` and `use_attention()`.
+The LightningModule and the `Classifier` apply them only through `around()`, `use_attention()` and
+`use_evaluation_attention()`.
 """
 
 from contextlib import ExitStack, contextmanager
