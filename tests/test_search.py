@@ -16,8 +16,9 @@ from agnews.train import cli_main
 from agnews.training.budget import TimeBudget, plan
 from agnews.tuning.results import flags_to_dict
 from agnews.tuning.space import build_space
-from agnews.tuning.study import TrialPruning
+from agnews.tuning.study import TrialPruning, first_trial, resolved_settings
 from tests.conftest import fit_args
+from tests.test_precision import AMX_FLAGS, fake_cpu
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +43,19 @@ def test_every_trial_validates_as_often_whatever_its_epochs():
     TrialPruning(trial=None).on_fit_start(SimpleNamespace(callbacks=[budget]), None)
     assert budget.per_epoch is False
     assert plan(120, 0.2, 2).validations == 5 and plan(120, 0.2, 2, steps_per_epoch=306).validations == 2
+
+
+def test_trial_0_is_the_base_run_with_what_the_space_fixes(tiny_bert, data_dir, tmp_path, monkeypatch):
+    # on an AMX CPU a null batch is 32 rows at the rate x sqrt(2); a space that fixes 16 rows makes trial 0 the
+    # base run at 16 rows, whose typed batch keeps the configured rate
+    fake_cpu(monkeypatch, True, AMX_FLAGS)
+    base = fit_args(tiny_bert, data_dir, tmp_path, "--data.batch_size", "null", "--model.learning_rate", "1e-4")
+    settings = resolved_settings(base)
+    assert (settings["data"]["batch_size"], settings["model"]["learning_rate"]) == (32, pytest.approx(1e-4 * 2**0.5))
+    trial = first_trial(base, build_space([str(tiny_bert)], {}), settings)
+    assert (trial["batch_size"], trial["learning_rate"]) == (32, pytest.approx(1e-4 * 2**0.5))
+    trial = first_trial(base, build_space([str(tiny_bert)], {"batch_size": 16}), settings)
+    assert (trial["batch_size"], trial["learning_rate"]) == (16, 1e-4)
 
 
 @pytest.mark.timing

@@ -67,6 +67,16 @@ def resolved_settings(base: list[str]) -> dict:
     return yaml.safe_load(out.getvalue())
 
 
+def first_trial(base: list[str], space: dict, settings: dict) -> dict:
+    """Trial 0: the settings the base run resolves to (`settings`), with what the space fixes typed, as every trial
+    types it: a typed batch keeps the configured learning rate, where the base run's own batch (null) scales it."""
+    fixed = {flag: dist.choices[0] for flag, dist in space.values() if len(getattr(dist, "choices", ())) == 1}
+    if fixed:
+        settings = resolved_settings(base + [f"--{flag}={value}" for flag, value in fixed.items()])
+    values = {name: setting_of(settings, flag) for name, (flag, _) in space.items()}
+    return {name: value for name, value in values.items() if contains(space[name][1], value)}
+
+
 class Search:
     def __init__(self, args: argparse.Namespace, fit_flags: list[str]):
         self.args = args
@@ -165,8 +175,7 @@ class Search:
         )
         if not study.trials:  # trial 0: the base run's own settings, so the search starts from what it would beat
             study.set_user_attr("fit_flags", self.base)
-            base = {name: setting_of(settings, flag) for name, (flag, _) in self.space.items()}
-            study.enqueue_trial({name: value for name, value in base.items() if contains(self.space[name][1], value)})
+            study.enqueue_trial(first_trial(self.base, self.space, settings))
         elif study.user_attrs.get("fit_flags") != self.base:
             raise AGNewsError(
                 f"study {args.name} in {self.folder} was run with other fit settings ({' '.join(study.user_attrs.get('fit_flags', []))}); "
