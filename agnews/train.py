@@ -2,6 +2,7 @@
 
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -28,11 +29,10 @@ from agnews.training.checkpointing import SafeCheckpoint
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
-
+# notices that say nothing about the run: Lightning 2.6 calling what torch 2.13 deprecates; the model summary's size
+QUIET = (".*isinstance.treespec, LeafSpec", "Precision .* is not supported by the model summary")
 # Lightning's own plugin kinds, named so that the CLI can build one from a class path (`--trainer.plugins`)
 PluginInput = Precision | ClusterEnvironment | CheckpointIO | LayerSync | str
-
-
 # the data settings that follow the model's (`link_arguments`): never set on their own
 LINKED = ("tokenizer", "num_classes")
 
@@ -74,12 +74,8 @@ class Trainer(L.Trainer):
         weights_only: bool | None = None,
         test: bool = False,
     ) -> None:
-        """Lightning's `fit`, then, with `test`, Lightning's `test` of the best checkpoint.
-
-        Args:
-            test: after a fit that finished, test its best checkpoint in this process: the same figures and report
-                as `python -m agnews.train test` run next, without a second start (imports, CLI, checkpoint).
-        """
+        """Lightning's `fit`, then, with `test`, Lightning's `test` of the best checkpoint in this process: the same
+        figures and report as `python -m agnews.train test` run next, without a second start."""
         if isinstance(train_dataloaders, L.LightningDataModule):  # Lightning takes a datamodule in either place
             train_dataloaders, datamodule = None, train_dataloaders
         if test:  # refused before training, not after it
@@ -215,6 +211,8 @@ class AGNewsCLI(CLIHooks):
             return
         config = self.config[sub]
         self._runs_before = set(runs(self._log_root(config)))
+        if sub in EVAL_SUBCOMMANDS:  # the fit's checkpoint rule, restored with the weights, picks nothing here
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
         # Lightning refuses it beside the CLI's own checkpoint callback, with a traceback
         if config.trainer.get("enable_checkpointing") is False:
             raise AGNewsError(
@@ -255,6 +253,13 @@ class AGNewsCLI(CLIHooks):
 
 def cli_main(args=None, callbacks=()) -> AGNewsCLI:
     """`callbacks`: objects added to the default ones (agnews.search hands each trial its pruning callback)."""
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        return _cli(args, callbacks)
+
+
+def _cli(args, callbacks) -> AGNewsCLI:
     try:
         return AGNewsCLI(
             AGNewsClassifier,

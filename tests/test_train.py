@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,29 @@ def test_fit_keeps_best_and_last_only_and_test_picks_best(fitted, tiny_bert, dat
 
     cli = cli_main(["test", *tiny_args(tiny_bert, data_dir, tmp_path), "--ckpt_path", "last"])
     assert "last.ckpt" in capsys.readouterr().err
+
+
+def test_test_and_predict_print_no_library_notices(fitted, tiny_bert, data_dir, tmp_path):
+    # a user's test or predict console: Lightning's notices about the fit's checkpoint folder and a torch deprecation
+    # inside Lightning say nothing about this run; other warnings still show
+    (tmp_path / "news.txt").write_text("NASA launches a probe\nStocks slid\n")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cli_main(["test", *tiny_args(tiny_bert, data_dir, tmp_path)])
+        cli_main(
+            [
+                "predict",
+                *tiny_args(tiny_bert, data_dir, tmp_path),
+                "--data.predict_file",
+                "news.txt",
+                "--prediction.output",
+                "out.csv",
+            ]
+        )
+        warnings.warn("a warning of the run's own", UserWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert not [m for m in messages if "dirpath has changed" in m or "LeafSpec" in m], messages
+    assert "a warning of the run's own" in messages
 
 
 def test_test_reuses_the_runs_data_settings(fitted, tiny_bert, data_dir, tmp_path, tiny_distilbert):
