@@ -12,7 +12,8 @@ distilbert-base-uncased's): its rows measure speed only, its accuracy means noth
 benchmarks/results/cpu_speed.json, keyed by CPU model and backbone.
 
 Every contender fine-tunes the same backbone on the same training rows (agnews's stratified split of the
-pool, validation rows left out) for the same epochs and learning rate, then predicts the test split. Each
+pool, validation rows left out) for the same epochs and learning rate (agnews's own for the backbone and batch,
+as `fit` would run it), then predicts the test split. Each
 runs in its own process, so peak memory (max RSS) is its own. Training and evaluation samples/s are wall
 clock around the training loop and the test pass alone (model loading and tokenization excluded).
 """
@@ -282,7 +283,12 @@ def main() -> None:
     )
     parser.add_argument("--subset", type=int, default=0, help="training and test rows (0: all)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help="every contender's (default: the rate agnews's `fit` runs this backbone at, for this batch: "
+        "MiniLM 1e-4 and DistilBERT 5e-5 per 16 rows, x sqrt(batch/16))",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-batch-size", type=int, default=128, help="the Trainer contenders'")
     parser.add_argument(
@@ -311,6 +317,12 @@ def main() -> None:
     parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lr is None:
+        from agnews.precision import learning_rate_for
+        from agnews.sources import HUB_MODEL, OFFLINE_MODEL
+
+        product = HUB_MODEL if args.backbone == DISTILBERT_SHAPED else OFFLINE_MODEL
+        args.lr = learning_rate_for(args.batch_size, product["learning_rate"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     if args.child:
@@ -433,6 +445,7 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", "benchmarks/cpu_speed.py", *sys.argv[1:]]),
+        "learning_rate": args.lr,
         "matmul_gflops": {"fp32": round(fp32_peak / 1e9), "bf16": round(bf16_peak / 1e9)},
         "mean_tokens": round(tokens, 1),
         "gflop_per_sample": {k: round(v / 1e9, 3) for k, v in flops.items()},
