@@ -66,7 +66,9 @@ def test_in_original_order():
     assert in_original_order(batches)["x"].tolist() == [0, 10, 20]
 
 
-def predict(tiny_bert, data_dir, tmp_path, group_by_length: bool, precision: str = "32-true"):
+def predict(
+    tiny_bert, data_dir, tmp_path, group_by_length: bool, precision: str = "32-true", pad_to: int | None = None
+):
     L.seed_everything(0)
     model = AGNewsClassifier(backbone=str(tiny_bert))
     dm = AGNewsDataModule(
@@ -76,6 +78,7 @@ def predict(tiny_bert, data_dir, tmp_path, group_by_length: bool, precision: str
         eval_batch_size=7,
         cache_dir=str(tmp_path / "cache"),
         group_by_length=group_by_length,
+        pad_to_multiple_of=pad_to,
     )
     trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
     return in_original_order(trainer.predict(model, datamodule=dm))
@@ -87,6 +90,13 @@ def test_fast_path_predicts_like_the_plain_path_in_input_order(tiny_bert, data_d
     assert fast["index"].tolist() == list(range(80))
     torch.testing.assert_close(fast["probs"], plain["probs"], atol=1e-5, rtol=1e-4)
     assert torch.equal(fast["preds"], plain["preds"])
+
+
+def test_padding_to_a_multiple_predicts_the_same(tiny_bert, data_dir, tmp_path):
+    plain = predict(tiny_bert, data_dir, tmp_path, group_by_length=True, pad_to=1)
+    padded = predict(tiny_bert, data_dir, tmp_path, group_by_length=True, pad_to=16)
+    torch.testing.assert_close(padded["probs"], plain["probs"], atol=1e-5, rtol=1e-4)
+    assert torch.equal(padded["preds"], plain["preds"])
 
 
 def test_bf16_path_predicts_like_fp32(tiny_bert, data_dir, tmp_path):

@@ -159,6 +159,34 @@ def test_evaluation_batches_are_sized_for_the_runs_precision(precision, given, e
         assert sizes[0] == min(expected, len(loader.dataset)) and sum(sizes) == len(loader.dataset)
 
 
+@pytest.mark.parametrize(
+    ("precision", "given", "multiple"),
+    [("32-true", None, 1), ("bf16-mixed", None, 8), ("bf16-true", None, 8), ("bf16-mixed", 1, 1), ("32-true", 16, 16)],
+)
+def test_batches_are_padded_to_a_multiple_for_the_runs_precision(
+    precision, given, multiple, data_dir, tiny_bert, tmp_path
+):
+    import lightning as L
+
+    dm = make_dm(data_dir, tiny_bert, tmp_path, val_size=40, pad_to_multiple_of=given)
+    dm.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    lengths = set()
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for batch in loader:
+            width, longest = batch["input_ids"].shape[1], int(batch["attention_mask"].sum(1).max())
+            assert width % multiple == 0 and longest <= width < longest + multiple
+            assert (batch["input_ids"][batch["attention_mask"] == 0] == dm.pad_token_id).all()
+            lengths.add(width)
+    assert multiple == 1 or len(lengths) < len({int(n) for n in dm.train_set.lengths})
+
+
+def test_a_pad_multiple_below_one_is_a_one_line_error(data_dir, tiny_bert, tmp_path):
+    with pytest.raises(AGNewsError, match="pad_to_multiple_of=0: use 1 or more"):
+        make_dm(data_dir, tiny_bert, tmp_path, pad_to_multiple_of=0)
+
+
 def test_classic_headerless_csv(tmp_path, tiny_bert):
     folder = tmp_path / "ag_news_csv"
     folder.mkdir()

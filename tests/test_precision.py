@@ -128,3 +128,11 @@ def test_the_learning_rate_follows_a_chosen_batch_by_its_square_root():
     assert precision.learning_rate_for(16, 1e-4) == 1e-4
     assert precision.learning_rate_for(32, 1e-4) == pytest.approx(1e-4 * 2**0.5)
     assert precision.learning_rate_for(64, 5e-5) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "multiple"),
+    [("bf16-mixed", 8), ("bf16-true", 8), ("16-mixed", 8), ("bf16", 8), ("32-true", 1), ("32", 1), ("64-true", 1)],
+)
+def test_batches_are_padded_to_8_tokens_under_16_bit_precision(name, multiple):
+    assert precision.pad_multiple(name) == multiple

@@ -160,14 +160,18 @@ class TokenizedDataset(Dataset):
 
 
 class PadCollator:
-    """Pad each batch to its own longest row, as `DataCollatorWithPadding` does, without a Python tokenizer call."""
+    """Pad each batch to its own longest row, rounded up to a multiple of `multiple` tokens, as
+    `DataCollatorWithPadding(pad_to_multiple_of=...)` does, without a Python tokenizer call."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, multiple: int = 1):
+        self.pad_token_id, self.multiple = pad_token_id, multiple
 
     def __call__(self, batch):
         ids, labels, index, *teacher = zip(*batch, strict=True)
         input_ids = pad_sequence([x.long() for x in ids], batch_first=True, padding_value=self.pad_token_id)
+        if input_ids.shape[1] % self.multiple:
+            extra = self.multiple - input_ids.shape[1] % self.multiple
+            input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=self.pad_token_id)
         lengths = torch.tensor([len(x) for x in ids])
         attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
         out = {

@@ -25,7 +25,7 @@ from agnews.data.token_cache import TokenCache
 from agnews.errors import AGNewsError
 from agnews.internals import batches_done_this_epoch, dataset_fingerprint
 from agnews.modeling import backbone
-from agnews.precision import DEFAULT_TRAIN_BATCH, eval_batch_size
+from agnews.precision import DEFAULT_TRAIN_BATCH, eval_batch_size, pad_multiple
 
 
 class AGNewsDataModule(L.LightningDataModule):
@@ -43,6 +43,7 @@ class AGNewsDataModule(L.LightningDataModule):
         cache_dir: str = "~/.cache/agnews",
         num_workers: int = 0,
         group_by_length: bool = True,
+        pad_to_multiple_of: int | None = None,
         predict_file: str | None = None,
         teacher: str | None = None,
         num_classes: int = 4,
@@ -62,6 +63,8 @@ class AGNewsDataModule(L.LightningDataModule):
             cache_dir: where tokenized splits are cached as `.pt` files.
             group_by_length: batch rows of similar length together (training: random buckets; evaluation:
                 sorted), so that little padding is computed. Off: plain shuffled / sequential batches.
+            pad_to_multiple_of: a batch's length rounded up to a multiple of this many tokens; None: 8 under bf16
+                (a CPU's bf16 kernels are built per input shape: fewer shapes, less time and memory), else 1.
             predict_file: texts for `predict` (`.txt` one per line, or `.csv`/`.jsonl`/`.parquet` with a `text`
                 column); without it `predict` runs on the test split.
             teacher: a teacher file for distillation (`python -m agnews.distill teacher`): its logits for every
@@ -75,6 +78,8 @@ class AGNewsDataModule(L.LightningDataModule):
         self.hparams.batch_size = DEFAULT_TRAIN_BATCH if batch_size is None else batch_size
         if max_length < 2:
             raise AGNewsError(f"max_length={max_length} is too short; use at least 2 (e.g. 128)")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise AGNewsError(f"pad_to_multiple_of={pad_to_multiple_of}: use 1 or more (1: no rounding), or null")
         self.cache = TokenCache(cache_dir, max_length, num_classes)
         self.class_names: list[str] | None = None
         self.pad_token_id: int | None = None
@@ -89,12 +94,6 @@ class AGNewsDataModule(L.LightningDataModule):
 
     def _stage(self) -> str | None:
         return getattr(self.trainer.state.fn, "value", None) if self.trainer is not None else None
-
-    def _splits_for_stage(self) -> list[str]:
-        stage = self._stage()
-        return {"fit": ["train"], "validate": ["train"], "test": ["test"], "predict": ["test"]}.get(
-            stage, ["train", "test"]
-        )
 
     def _locate(self, splits: list[str], in_setup: bool = False):
         """The cache file of each split, the tokenizer, and the raw data where finding the files needed it."""
@@ -127,14 +126,14 @@ class AGNewsDataModule(L.LightningDataModule):
                 )
         return raw, class_names
 
-    def _predicts_file(self) -> bool:
-        return self.hparams.predict_file is not None and self._stage() == "predict"
-
     def prepare_data(self) -> None:
         hp = self.hparams
-        if self._predicts_file():  # nothing to cache: the texts are read and tokenized in setup
+        stage = self._stage()
+        if hp.predict_file is not None and stage == "predict":  # nothing to cache: setup reads and tokenizes it
             return
-        splits = self._splits_for_stage()
+        splits = {"fit": ["train"], "validate": ["train"], "test": ["test"], "predict": ["test"]}.get(
+            stage, ["train", "test"]
+        )
         paths, tokenizer, loaded = self._locate(splits)
         limit = backbone.max_positions(hp.tokenizer, tokenizer)
         if hp.max_length > limit:
@@ -223,8 +222,9 @@ class AGNewsDataModule(L.LightningDataModule):
             batching = {"batch_sampler": LengthGroupedBatchSampler(inner, batch_size, lengths=dataset.lengths)}
         else:
             batching = {"batch_sampler": SortedBatchSampler(inner, batch_size, lengths=dataset.lengths)}
+        multiple = hp.pad_to_multiple_of or pad_multiple(self._precision()[0])
         kwargs = dict(
-            collate_fn=PadCollator(self.pad_token_id),
+            collate_fn=PadCollator(self.pad_token_id, multiple),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             **batching,
@@ -281,13 +281,12 @@ class AGNewsDataModule(L.LightningDataModule):
         if state_dict.get("train_loader") is not None:
             self._restore_position(state_dict["train_loader"])
 
+    def _precision(self) -> tuple[str, bool]:
+        trainer = self.trainer  # (the run's precision, on a CPU)
+        return ("32", True) if trainer is None else (trainer.precision, isinstance(trainer.accelerator, CPUAccelerator))
+
     def eval_batch_size(self) -> int:
-        if self.hparams.eval_batch_size is not None:
-            return self.hparams.eval_batch_size
-        trainer = self.trainer
-        if trainer is None:
-            return eval_batch_size("32")
-        return eval_batch_size(trainer.precision, cpu=isinstance(trainer.accelerator, CPUAccelerator))
+        return self.hparams.eval_batch_size or eval_batch_size(*self._precision())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size(), train=False)

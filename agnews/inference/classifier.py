@@ -24,7 +24,7 @@ from agnews.data.texts import encode
 from agnews.errors import AGNewsError
 from agnews.modeling.backbone import CHECKPOINT_FILES_KEY
 from agnews.modeling.fast_paths import FastPaths
-from agnews.precision import choose, eval_batch_size
+from agnews.precision import choose, eval_batch_size, pad_multiple
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 PRECISIONS = ("auto", "32", "bf16", "int8")
@@ -148,7 +148,11 @@ class Classifier:
             return scores
         dataset = TokenizedDataset(encode(self.tokenizer, [texts[i] for i in keep], self.max_length))
         batches = SortedBatchSampler(SequentialSampler(dataset), self.batch_size, lengths=dataset.lengths)
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadCollator(self.tokenizer.pad_token_id or 0))
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=PadCollator(self.tokenizer.pad_token_id or 0, pad_multiple(self.precision)),
+        )
         outputs = []
         with torch.inference_mode(), autocast(self.precision), self.fast.evaluating():
             for batch in loader:
