@@ -114,7 +114,7 @@ def run_hf(args, tuned: bool) -> dict:
 
     train = raw["train"].select(train_rows).map(encode, batched=True, remove_columns=["text"])
     test = raw["test"].select(test_rows).map(encode, batched=True, remove_columns=["text"])
-    torch.manual_seed(42)
+    torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=4)
     # tuned: what a user who knows the Trainer's speed options picks on this CPU (bf16 only where native)
     extra = (
@@ -137,7 +137,7 @@ def run_hf(args, tuned: bool) -> dict:
             save_strategy="no",
             report_to="none",
             use_cpu=True,
-            seed=42,
+            seed=args.seed,
             disable_tqdm=True,
             logging_strategy="no",
             **extra,
@@ -216,6 +216,7 @@ def run_agnews(args) -> dict:
         "--data.batch_size", str(args.batch_size),
         *(["--data.eval_batch_size", str(args.agnews_eval_batch_size)] if args.agnews_eval_batch_size else []),
         "--trainer.max_epochs", str(args.epochs),
+        "--seed_everything", str(args.seed),
         *(["--trainer.precision", "32-true"] if args.fp32 else []),
         *[flag for key, value in json.loads(args.agnews_model).items() for flag in (f"--model.{key}", str(value))],
     ]  # fmt: skip
@@ -292,6 +293,7 @@ def main() -> None:
         "MiniLM 1e-4 and DistilBERT 5e-5 per 16 rows, x sqrt(batch/16))",
     )
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=42, help="every contender's training seed (the rows stay the same)")
     parser.add_argument("--eval-batch-size", type=int, default=128, help="the Trainer contenders'")
     parser.add_argument(
         "--agnews-eval-batch-size", type=int, help="agnews's (default: its own, by precision: fp32 32, bf16 64)"
@@ -458,7 +460,8 @@ def main() -> None:
     record["precision"] = precision
     # one CPU model name can cover CPUs with and without native bf16 (Intel Xeon): both are in the key
     cpu_key = f"{info.model} ({'native bf16' if native else 'no native bf16'})"
-    saved.setdefault(cpu_key, {})[f"{args.backbone} subset={args.subset or 'all'} {precision}"] = record
+    seed = f" seed={args.seed}" if args.seed != 42 else ""
+    saved.setdefault(cpu_key, {})[f"{args.backbone} subset={args.subset or 'all'} {precision}{seed}"] = record
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     print(f"saved to {RESULTS.relative_to(ROOT)}")
