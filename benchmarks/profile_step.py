@@ -19,6 +19,7 @@ import torch
 from agnews.data.datamodule import AGNewsDataModule
 from agnews.modeling.module import AGNewsClassifier  # noqa: E402
 from agnews.modeling.optim import parameter_groups
+from agnews.precision import cpu_bf16, pad_multiple
 from agnews.sources import OFFLINE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,12 @@ EVAL_VARIANTS = {
 
 def eval_batches(args, batch_size: int):
     dm = AGNewsDataModule(
-        dataset=args.data, tokenizer=args.backbone, max_length=128, eval_batch_size=batch_size, test_size=args.eval_rows
+        dataset=args.data,
+        tokenizer=args.backbone,
+        max_length=128,
+        eval_batch_size=batch_size,
+        test_size=args.eval_rows,
+        pad_to_multiple_of=args.pad_to_multiple_of,
     )
     dm.prepare_data()
     dm.setup("test")
@@ -143,7 +149,13 @@ def run_eval(variant: str, data, args) -> float:
 
 
 def batches(args):
-    dm = AGNewsDataModule(dataset=args.data, tokenizer=args.backbone, max_length=128, batch_size=args.batch_size)
+    dm = AGNewsDataModule(
+        dataset=args.data,
+        tokenizer=args.backbone,
+        max_length=128,
+        batch_size=args.batch_size,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )
     dm.prepare_data()
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -285,7 +297,15 @@ def main() -> None:
         help="time these evaluation variants (all if none named) instead of training steps",
     )
     parser.add_argument("--eval-rows", type=int, default=1920, help="test rows for --eval")
+    parser.add_argument(
+        "--pad-to-multiple-of",
+        type=int,
+        help="batch lengths rounded up to a multiple of this (default: as `fit` pads under `precision auto` here: "
+        "8 on a native-bf16 CPU unless --fp32, else 1)",
+    )
     args = parser.parse_args()
+    if args.pad_to_multiple_of is None:
+        args.pad_to_multiple_of = pad_multiple("bf16" if cpu_bf16()[0] and not args.fp32 else "32")
     if args.eval is not None:
         variants = args.eval or list(EVAL_VARIANTS)
         data = {b: eval_batches(args, b) for b in sorted({EVAL_VARIANTS[v]["batch"] for v in variants})}
