@@ -109,7 +109,7 @@ def pad_multiple(precision) -> int:
     """Tokens a batch's length is padded up to a multiple of, for `data.pad_to_multiple_of: null`: 8 under 16-bit
     precision, as run_glue.py pads for fp16. A CPU's bf16 kernels (oneDNN) are built for each new input shape, about
     7 ms per linear layer's shape on an AMX Xeon, and a length-grouped run meets a new length every few batches
-    (`make fit` 0.88x the time and 0.53x the memory with 8; docs/performance.md); fp32's kernels take any length."""
+    (`make fit` 0.90x the time and 0.54x the memory with 8; docs/performance.md); fp32's kernels take any length."""
     return 8 if str(precision).startswith(("bf16", "16")) else 1
 
 
