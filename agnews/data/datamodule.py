@@ -282,7 +282,8 @@ class AGNewsDataModule(L.LightningDataModule):
             self._restore_position(state_dict["train_loader"])
 
     def _precision(self) -> tuple[str, bool]:
-        trainer = self.trainer  # (the run's precision, on a CPU)
+        """(the run's precision, whether it runs on a CPU); fp32 on a CPU outside a Trainer."""
+        trainer = self.trainer
         return ("32", True) if trainer is None else (trainer.precision, isinstance(trainer.accelerator, CPUAccelerator))
 
     def eval_batch_size(self) -> int:
