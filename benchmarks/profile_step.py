@@ -1,7 +1,8 @@
 """Where a training step's time goes, and what each speed option buys (run by hand).
 
     python benchmarks/profile_step.py --steps 30                 # samples/s of each variant
-    python benchmarks/profile_step.py --profile bf16             # torch.profiler table of one variant
+    python benchmarks/profile_step.py --profile bf16             # torch.profiler table of one variant, and its
+                                                                 # matrix products' share of the matmul peak
     python benchmarks/profile_step.py --eval --rounds 2          # evaluation: precision x attention x batch
     python benchmarks/profile_step.py --losses --variants agnews agnews+autocast agnews+bf16-true
                                                                  # ... and how each variant trains
@@ -14,12 +15,13 @@ import argparse
 import time
 from pathlib import Path
 
+import cpu_speed  # this folder's: the matmul peak measured as that benchmark measures it
 import torch
 
 from agnews.data.datamodule import AGNewsDataModule
 from agnews.modeling.module import AGNewsClassifier  # noqa: E402
 from agnews.modeling.optim import parameter_groups
-from agnews.precision import cpu_bf16, pad_multiple
+from agnews.precision import cpu_bf16, pad_multiple, train_batch_size
 from agnews.sources import OFFLINE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,6 +247,20 @@ class MasterWeightsAdamW:
             weight.grad = master.grad = None
 
 
+def matrix_products(prof, rows: int) -> float:
+    """Prints each matrix product's FLOPs per sample and rate inside the profiled steps (torch.profiler's count:
+    what actually ran, frozen layers forward-only, padding included); returns the FLOPs per sample and their
+    rate inside the step (FLOPs per second of the products' own time)."""
+    flops = seconds = 0.0
+    for event in prof.key_averages():
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm") and event.flops:
+            rate = event.flops / event.self_cpu_time_total / 1e3
+            print(f"{event.key:12s} {event.flops / rows / 1e9:.3f} GFLOP per sample at {rate:.0f} GFLOP/s")
+            flops, seconds = flops + event.flops, seconds + event.self_cpu_time_total / 1e6
+    print(f"{'products':12s} {flops / rows / 1e9:.3f} GFLOP per sample at {flops / seconds / 1e9:.0f} GFLOP/s")
+    return flops / rows, flops / seconds
+
+
 def timed_steps(variant: str, forward, optimizer, dtype, data, args, profile: bool) -> float:
     def step(batch):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -261,15 +277,25 @@ def timed_steps(variant: str, forward, optimizer, dtype, data, args, profile: bo
     warm = time.perf_counter() - start
     timed = data[args.warmup :]
     if profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
             for batch in timed[:5]:
                 step(batch)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        products, products_rate = matrix_products(prof, sum(len(b["labels"]) for b in timed[:5]))
     start = time.perf_counter()
     losses = [step(batch) for batch in timed]
     seconds = time.perf_counter() - start
     rows = sum(len(b["labels"]) for b in timed)
     print(f"{variant:40s} {rows / seconds:7.1f} samples/s   (warm-up {warm:.1f} s)", flush=True)
+    if profile:  # the share of the matmul peak the step reaches, and the most it could with all else free
+        fp32 = variant.startswith("fp32") or (variant.startswith("agnews") and (args.fp32 or not cpu_bf16()[0]))
+        peak = cpu_speed.matmul_peak(torch.float32 if fp32 else torch.bfloat16)
+        whole = products * rows / seconds
+        print(
+            f"whole step: {whole / 1e9:.0f} GFLOP/s of matrix products, {100 * whole / peak:.0f}% of this run's "
+            f"{'fp32' if fp32 else 'bf16'} matmul peak ({peak / 1e9:.0f} GFLOP/s, 2048x2048); the products alone "
+            f"would be {100 * products_rate / peak:.0f}%"
+        )
     if args.losses:  # the same batches from the same start for every variant: their training, side by side
         print(f"{'':40s} losses: {' '.join(f'{float(loss):.3f}' for loss in losses)}", flush=True)
     return rows / seconds
@@ -279,7 +305,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "ag_news"))
     parser.add_argument("--backbone", default=OFFLINE_MODEL["backbone"])
-    parser.add_argument("--batch-size", type=int, default=16, help="the default config's")
+    parser.add_argument(
+        "--batch-size", type=int, help="training rows per batch (default: what `fit` picks here under `precision auto`)"
+    )
     parser.add_argument(
         "--pooling", default=OFFLINE_MODEL["pooling"], help="the product variants' (the offline default's)"
     )
@@ -304,6 +332,8 @@ def main() -> None:
         "8 on a native-bf16 CPU unless --fp32, else 1)",
     )
     args = parser.parse_args()
+    if args.batch_size is None:
+        args.batch_size = train_batch_size("32-true" if args.fp32 else "auto")
     if args.pad_to_multiple_of is None:
         args.pad_to_multiple_of = pad_multiple("bf16" if cpu_bf16()[0] and not args.fp32 else "32")
     if args.eval is not None:
