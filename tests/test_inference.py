@@ -272,9 +272,11 @@ def test_a_model_passed_in_is_left_as_it_was(trained):
     quantized = int8.predict_proba(TEXTS)
     assert isinstance(int8.model.model.classifier, torch.ao.nn.quantized.dynamic.Linear)
     assert type(module.model.classifier) is torch.nn.Linear  # quantized a copy, not the caller's model
-    # int8 rounds the weights: a row whose two likeliest classes are close in fp32 may swap them (the tiny model
-    # trained in fp32, on a CPU without native bf16, has such rows), a confident one must not
+    # int8 rounds the weights: every probability moves a little (0.02-0.03 here), so a row whose two likeliest
+    # classes are close in fp32 may swap them, a confident one must not. How many rows are confident depends on
+    # how the tiny model trained (fp32 on a CPU without native bf16: 8-9 of the 18, bf16 elsewhere: more)
+    assert (quantized - expected).abs().max() < 0.1, (quantized, expected)
     top2 = expected.topk(2, dim=-1).values
     confident = top2[:, 0] - top2[:, 1] > 0.1
-    assert confident.sum() >= len(TEXTS) // 2, expected
+    assert confident.sum() >= 4, expected
     assert (quantized.argmax(-1) == expected.argmax(-1))[confident].all(), (quantized, expected)
