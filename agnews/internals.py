@@ -4,6 +4,7 @@ Checked against lightning 2.6.6, transformers 5.25, datasets 5.2 and torch 2.13 
 tests/test_internals.py fails if any of these names changes, so an upgrade shows here first.
 """
 
+import logging
 from contextlib import contextmanager
 from unittest import mock
 
@@ -44,6 +45,22 @@ def batches_done_this_epoch(trainer) -> int:
     """Training batches of the current epoch already run: Lightning's own count (the one its checkpoints save),
     which `limit_train_batches` and `accumulate_grad_batches` leave right; the Trainer has no public accessor."""
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+@contextmanager
+def no_lightning_tips():
+    """Lightning 2.6 advertises its cloud logger ("💡 Tip: ... litlogger") at every Trainer start, through its
+    rank-zero logger, with no setting to turn it off; this drops those lines alone, for one command."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def not_a_tip(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip:")
+
+    log.addFilter(not_a_tip)
+    try:
+        yield
+    finally:
+        log.removeFilter(not_a_tip)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from agnews.checkpoints import LOG_ROOT, find_checkpoint, read_checkpoint, runs
 from agnews.data.datamodule import AGNewsDataModule
 from agnews.errors import AGNewsError, TrainingInterrupted
 from agnews.inference.writer import PredictionWriter
-from agnews.internals import CLIHooks
+from agnews.internals import CLIHooks, no_lightning_tips
 from agnews.modeling.backbone import CHECKPOINT_FILES_KEY, files_to_folder
 from agnews.modeling.module import AGNewsClassifier
 from agnews.precision import AUTO, choose, choose_batch, on_cpu
@@ -253,7 +253,7 @@ class AGNewsCLI(CLIHooks):
 
 def cli_main(args=None, callbacks=()) -> AGNewsCLI:
     """`callbacks`: objects added to the default ones (agnews.search hands each trial its pruning callback)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), no_lightning_tips():
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
         return _cli(args, callbacks)

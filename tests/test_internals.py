@@ -1,6 +1,7 @@
 """The private library names agnews.internals relies on: if an upgrade changes one, this fails first."""
 
 import inspect
+import logging
 import re
 
 import datasets
@@ -9,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForSequenceClassification
 
-from agnews.internals import attention_of, can_switch_attention, dataset_fingerprint, version_of
+from agnews.internals import attention_of, can_switch_attention, dataset_fingerprint, no_lightning_tips, version_of
 from tests.conftest import ROOT
 
 
@@ -18,6 +19,27 @@ def test_attention_is_read_and_switched(tiny_bert):
     assert attention_of(model) == "sdpa" and can_switch_attention(model)
     model.set_attn_implementation("eager")
     assert attention_of(model) == "eager"
+
+
+def test_lightning_tips_are_dropped_inside_and_only_inside():
+    import lightning as L
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning 2.6 logs its start-up lines
+    log.addHandler(handler)
+    try:
+        options = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        with no_lightning_tips():
+            L.Trainer(**options)
+        inside, seen[:] = list(seen), []
+        L.Trainer(**options)
+    finally:
+        log.removeHandler(handler)
+    assert [m for m in seen if m.startswith("💡 Tip:")], seen  # Lightning still prints it: the filter still has work
+    assert not [m for m in inside if "Tip" in m], inside
+    assert [m for m in inside if m.startswith("GPU available")], inside  # Lightning's other lines still show
 
 
 def test_mpnet_cannot_switch_attention(tiny_mpnet):

@@ -59,9 +59,9 @@ def test_fit_keeps_best_and_last_only_and_test_picks_best(fitted, tiny_bert, dat
     assert "last.ckpt" in capsys.readouterr().err
 
 
-def test_test_and_predict_print_no_library_notices(fitted, tiny_bert, data_dir, tmp_path):
+def test_test_and_predict_print_no_library_notices(fitted, tiny_bert, data_dir, tmp_path, caplog):
     # a user's test or predict console: Lightning's notices about the fit's checkpoint folder and a torch deprecation
-    # inside Lightning say nothing about this run; other warnings still show
+    # inside Lightning, and its cloud logger's advert, say nothing about this run; other warnings still show
     (tmp_path / "news.txt").write_text("NASA launches a probe\nStocks slid\n")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -80,6 +80,8 @@ def test_test_and_predict_print_no_library_notices(fitted, tiny_bert, data_dir, 
     messages = [str(w.message) for w in seen]
     assert not [m for m in messages if "dirpath has changed" in m or "LeafSpec" in m], messages
     assert "a warning of the run's own" in messages
+    logged = [record.getMessage() for record in caplog.records]
+    assert not [m for m in logged if "litlogger" in m] and [m for m in logged if m.startswith("GPU available")], logged
 
 
 def test_test_reuses_the_runs_data_settings(fitted, tiny_bert, data_dir, tmp_path, tiny_distilbert):
