@@ -247,7 +247,7 @@ class MasterWeightsAdamW:
             weight.grad = master.grad = None
 
 
-def matrix_products(prof, rows: int) -> float:
+def matrix_products(prof, rows: int) -> tuple[float, float]:
     """Prints each matrix product's FLOPs per sample and rate inside the profiled steps (torch.profiler's count:
     what actually ran, frozen layers forward-only, padding included); returns the FLOPs per sample and their
     rate inside the step (FLOPs per second of the products' own time)."""
